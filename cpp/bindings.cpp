@@ -1,0 +1,108 @@
+// Python bindings: the only file that knows about Python. Exposed as sealgguf._core.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "fold.h"
+#include "quants.h"
+
+namespace py = pybind11;
+using namespace sealgguf;
+
+namespace {
+
+const TypeTraits& require_type(int32_t type) {
+    const TypeTraits* t = traits_for(type);
+    if (!t) throw std::invalid_argument("unsupported ggml type " + type_name(type));
+    return *t;
+}
+
+size_t row_bytes(const TypeTraits& t, int64_t n_per_row) {
+    if (n_per_row <= 0 || n_per_row % t.block_size != 0)
+        throw std::invalid_argument("row length " + std::to_string(n_per_row) + " is not a multiple of the " +
+                                    t.name + " block size " + std::to_string(t.block_size));
+    return (size_t)(n_per_row / t.block_size) * t.type_size;
+}
+
+using Bytes = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+py::array_t<float> dequantize(Bytes raw, int32_t type, int64_t n_per_row) {
+    const TypeTraits& t = require_type(type);
+    const size_t rb = row_bytes(t, n_per_row);
+    if ((size_t)raw.size() % rb != 0)
+        throw std::invalid_argument(std::to_string(raw.size()) + " bytes is not a whole number of rows");
+    const int64_t n_rows = raw.size() / rb;
+    py::array_t<float> out({n_rows, n_per_row});
+    const uint8_t* src = raw.data();
+    float* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        for (int64_t r = 0; r < n_rows; ++r) t.dequantize(src + r * rb, dst + r * n_per_row, n_per_row);
+    }
+    return out;
+}
+
+py::array_t<uint8_t> quantize(Floats values, int32_t type) {
+    const TypeTraits& t = require_type(type);
+    if (values.ndim() != 2) throw std::invalid_argument("quantize expects a 2-D float32 array [rows, n_per_row]");
+    const int64_t n_rows = values.shape(0), n_per_row = values.shape(1);
+    const size_t rb = row_bytes(t, n_per_row);
+    py::array_t<uint8_t> out({n_rows, (int64_t)rb});
+    const float* src = values.data();
+    uint8_t* dst = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        for (int64_t r = 0; r < n_rows; ++r) t.quantize(src + r * n_per_row, dst + r * rb, n_per_row);
+    }
+    return out;
+}
+
+py::tuple fold(Bytes raw, int32_t type, int64_t n_per_row, Floats column_scales, int n_threads) {
+    const TypeTraits& t = require_type(type);
+    const size_t rb = row_bytes(t, n_per_row);
+    if ((size_t)raw.size() % rb != 0)
+        throw std::invalid_argument(std::to_string(raw.size()) + " bytes is not a whole number of rows");
+    if (column_scales.ndim() != 1 || column_scales.shape(0) != n_per_row)
+        throw std::invalid_argument("column_scales must have " + std::to_string(n_per_row) + " entries, got shape of size " +
+                                    std::to_string(column_scales.size()));
+    if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
+    const int64_t n_rows = raw.size() / rb;
+    py::array_t<uint8_t> out({n_rows, (int64_t)rb});
+    FoldStats st;
+    {
+        py::gil_scoped_release release;
+        st = fold_tensor(raw.data(), out.mutable_data(), type, n_rows, n_per_row, column_scales.data(), n_threads);
+    }
+    py::dict stats;
+    stats["blocks_unchanged"] = st.blocks_unchanged;
+    stats["blocks_rescaled"] = st.blocks_rescaled;
+    stats["blocks_requantized"] = st.blocks_requantized;
+    stats["rel_rmse"] = st.rel_rmse();
+    return py::make_tuple(out, stats);
+}
+
+py::tuple block_info(int32_t type) {
+    const TypeTraits& t = require_type(type);
+    return py::make_tuple(t.block_size, t.type_size);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "sealgguf C++ engine: ggml block formats and scale folding";
+    m.def("dequantize", &dequantize, py::arg("raw"), py::arg("type"), py::arg("n_per_row"),
+          "Dequantize rows of a ggml tensor to float32, shape [rows, n_per_row].");
+    m.def("quantize", &quantize, py::arg("values"), py::arg("type"),
+          "Quantize a float32 [rows, n_per_row] array with the reference quantizer of `type`.");
+    m.def("fold", &fold, py::arg("raw"), py::arg("type"), py::arg("n_per_row"), py::arg("column_scales"),
+          py::arg("n_threads") = 0,
+          "Multiply input column j of a quantized [rows, n_per_row] tensor by column_scales[j]. "
+          "Returns (new_raw, stats).");
+    m.def("block_info", &block_info, py::arg("type"), "(values per block, bytes per block) of a ggml type.");
+    m.def("supported", [](int32_t type) { return traits_for(type) != nullptr; }, py::arg("type"));
+    py::register_exception<std::invalid_argument>(m, "FoldError", PyExc_ValueError);
+}

@@ -1,0 +1,102 @@
+#include "fold.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "quants.h"
+
+namespace sealgguf {
+
+void FoldStats::add(const FoldStats& o) {
+    blocks_unchanged += o.blocks_unchanged;
+    blocks_rescaled += o.blocks_rescaled;
+    blocks_requantized += o.blocks_requantized;
+    sq_err += o.sq_err;
+    sq_ref += o.sq_ref;
+}
+
+double FoldStats::rel_rmse() const { return sq_ref > 0 ? std::sqrt(sq_err / sq_ref) : 0.0; }
+
+namespace {
+
+// Returns the block's single scale, or NAN when the scales differ inside the block.
+float uniform_scale(const float* s, int n) {
+    for (int i = 1; i < n; ++i)
+        if (s[i] != s[0]) return NAN;
+    return s[0];
+}
+
+FoldStats fold_rows(const TypeTraits& t, const uint8_t* src, uint8_t* dst, int64_t n_rows, int64_t n_per_row,
+                    const float* scales) {
+    const int bs = t.block_size;
+    const int64_t blocks_per_row = n_per_row / bs;
+    const size_t row_bytes = (size_t)blocks_per_row * t.type_size;
+    std::vector<float> orig(bs), target(bs), folded(bs);
+    FoldStats st;
+    for (int64_t r = 0; r < n_rows; ++r) {
+        const uint8_t* srow = src + r * row_bytes;
+        uint8_t* drow = dst + r * row_bytes;
+        for (int64_t b = 0; b < blocks_per_row; ++b) {
+            const uint8_t* sb = srow + b * t.type_size;
+            uint8_t* db = drow + b * t.type_size;
+            const float* s = scales + b * bs;
+            t.dequantize(sb, orig.data(), bs);
+            for (int i = 0; i < bs; ++i) target[i] = orig[i] * s[i];
+
+            const float u = uniform_scale(s, bs);
+            std::memcpy(db, sb, t.type_size);
+            if (u == 1.0f) {
+                ++st.blocks_unchanged;
+            } else if (!std::isnan(u) && t.scale_block(db, u)) {
+                ++st.blocks_rescaled;
+            } else {
+                t.quantize(target.data(), db, bs);
+                ++st.blocks_requantized;
+            }
+            t.dequantize(db, folded.data(), bs);
+            for (int i = 0; i < bs; ++i) {
+                const double e = (double)folded[i] - (double)target[i];
+                st.sq_err += e * e;
+                st.sq_ref += (double)target[i] * target[i];
+            }
+        }
+    }
+    return st;
+}
+
+}  // namespace
+
+FoldStats fold_tensor(const uint8_t* src, uint8_t* dst, int32_t type, int64_t n_rows, int64_t n_per_row,
+                      const float* column_scales, int n_threads) {
+    const TypeTraits* t = traits_for(type);
+    if (!t) throw std::invalid_argument("cannot fold tensors of type " + type_name(type));
+    if (n_per_row % t->block_size != 0)
+        throw std::invalid_argument("row of " + std::to_string(n_per_row) + " values is not a whole number of " +
+                                    t->name + " blocks");
+    for (int64_t i = 0; i < n_per_row; ++i)
+        if (!std::isfinite(column_scales[i]))
+            throw std::invalid_argument("scale for column " + std::to_string(i) + " is not finite");
+
+    const size_t row_bytes = (size_t)(n_per_row / t->block_size) * t->type_size;
+    n_threads = (int)std::max<int64_t>(1, std::min<int64_t>(n_threads, n_rows));
+    std::vector<FoldStats> parts(n_threads);
+    std::vector<std::thread> workers;
+    const int64_t chunk = (n_rows + n_threads - 1) / n_threads;
+    for (int w = 0; w < n_threads; ++w) {
+        const int64_t r0 = w * chunk, r1 = std::min(n_rows, r0 + chunk);
+        if (r0 >= r1) break;
+        workers.emplace_back([=, &parts] {
+            parts[w] = fold_rows(*t, src + r0 * row_bytes, dst + r0 * row_bytes, r1 - r0, n_per_row, column_scales);
+        });
+    }
+    for (std::thread& th : workers) th.join();
+    FoldStats total;
+    for (const FoldStats& p : parts) total.add(p);
+    return total;
+}
+
+}  // namespace sealgguf

@@ -1,0 +1,25 @@
+// Fold a per-input-column scale into a quantized weight matrix, block by block.
+#pragma once
+
+#include <cstdint>
+
+namespace sealgguf {
+
+struct FoldStats {
+    int64_t blocks_unchanged = 0;    // every scale in the block was 1.0: bytes copied as they were
+    int64_t blocks_rescaled = 0;     // one scale for the whole block: only fp16 scale fields rewritten
+    int64_t blocks_requantized = 0;  // scales vary inside the block: dequantize, scale, requantize
+    double sq_err = 0.0;             // sum of (folded - scale * original)^2
+    double sq_ref = 0.0;             // sum of (scale * original)^2
+
+    void add(const FoldStats& o);
+    double rel_rmse() const;
+};
+
+// src and dst hold n_rows rows of n_per_row values each in ggml type `type`.
+// column_scales has n_per_row entries. Throws std::invalid_argument on an unsupported type or a
+// row length that is not a whole number of blocks.
+FoldStats fold_tensor(const uint8_t* src, uint8_t* dst, int32_t type, int64_t n_rows, int64_t n_per_row,
+                      const float* column_scales, int n_threads);
+
+}  // namespace sealgguf

@@ -1,0 +1,768 @@
+// Reference (scalar) dequantization and quantization, one function per block type.
+// Written from ggml's published formats: dequantization is bit-identical to ggml's, and the
+// quantizers follow ggml's reference algorithms (quantize_row_*_ref), so the error is the same.
+#include "quants.h"
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+
+namespace sealgguf {
+
+namespace {
+
+constexpr float kGroupMaxEps = 1e-15f;
+
+inline float h2f(fp16_t h) { return fp16_to_fp32(h); }
+inline fp16_t f2h(float f) { return fp32_to_fp16(f); }
+inline int nearest_int(float x) { return (int)std::nearbyintf(x); }  // ties to even, like ggml
+
+// ---------------------------------------------------------------- float types (block of 1)
+
+void dequantize_f32(const void* src, float* y, int64_t n) { std::memcpy(y, src, n * sizeof(float)); }
+void quantize_f32(const float* x, void* dst, int64_t n) { std::memcpy(dst, x, n * sizeof(float)); }
+bool scale_f32(void* b, float s) {
+    float* v = (float*)b;
+    *v *= s;
+    return std::isfinite(*v);
+}
+
+void dequantize_f16(const void* src, float* y, int64_t n) {
+    const fp16_t* x = (const fp16_t*)src;
+    for (int64_t i = 0; i < n; ++i) y[i] = h2f(x[i]);
+}
+void quantize_f16(const float* x, void* dst, int64_t n) {
+    fp16_t* y = (fp16_t*)dst;
+    for (int64_t i = 0; i < n; ++i) y[i] = f2h(x[i]);
+}
+bool scale_f16(void* b, float s) {
+    fp16_t* v = (fp16_t*)b;
+    const float r = h2f(*v) * s;
+    *v = f2h(r);
+    return std::isfinite(h2f(*v)) || !std::isfinite(r);
+}
+
+void dequantize_bf16(const void* src, float* y, int64_t n) {
+    const bf16_t* x = (const bf16_t*)src;
+    for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_fp32(x[i]);
+}
+void quantize_bf16(const float* x, void* dst, int64_t n) {
+    bf16_t* y = (bf16_t*)dst;
+    for (int64_t i = 0; i < n; ++i) y[i] = fp32_to_bf16(x[i]);
+}
+bool scale_bf16(void* b, float s) {
+    bf16_t* v = (bf16_t*)b;
+    *v = fp32_to_bf16(bf16_to_fp32(*v) * s);
+    return std::isfinite(bf16_to_fp32(*v));
+}
+
+// Rescale one fp16 field; false if the result is not finite.
+inline bool scale_field(fp16_t& h, float s) {
+    h = f2h(h2f(h) * s);
+    return std::isfinite(h2f(h));
+}
+
+// ---------------------------------------------------------------- Q4_0
+
+void dequantize_q4_0(const void* src, float* y, int64_t n) {
+    const block_q4_0* x = (const block_q4_0*)src;
+    for (int64_t i = 0; i < n / QK4_0; ++i, y += QK4_0) {
+        const float d = h2f(x[i].d);
+        for (int j = 0; j < QK4_0 / 2; ++j) {
+            y[j] = ((x[i].qs[j] & 0x0F) - 8) * d;
+            y[j + QK4_0 / 2] = ((x[i].qs[j] >> 4) - 8) * d;
+        }
+    }
+}
+
+void quantize_q4_0(const float* x, void* dst, int64_t n) {
+    block_q4_0* y = (block_q4_0*)dst;
+    for (int64_t i = 0; i < n / QK4_0; ++i, x += QK4_0) {
+        float amax = 0.0f, max = 0.0f;  // the value of largest magnitude, with its sign
+        for (int j = 0; j < QK4_0; ++j) {
+            if (amax < std::fabs(x[j])) { amax = std::fabs(x[j]); max = x[j]; }
+        }
+        const float d = max / -8;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = f2h(d);
+        for (int j = 0; j < QK4_0 / 2; ++j) {
+            const uint8_t lo = (uint8_t)std::min(15, (int)(int8_t)(x[j] * id + 8.5f));
+            const uint8_t hi = (uint8_t)std::min(15, (int)(int8_t)(x[j + QK4_0 / 2] * id + 8.5f));
+            y[i].qs[j] = lo | (hi << 4);
+        }
+    }
+}
+
+bool scale_q4_0(void* b, float s) { return scale_field(((block_q4_0*)b)->d, s); }
+
+// ---------------------------------------------------------------- Q4_1
+
+void dequantize_q4_1(const void* src, float* y, int64_t n) {
+    const block_q4_1* x = (const block_q4_1*)src;
+    for (int64_t i = 0; i < n / QK4_1; ++i, y += QK4_1) {
+        const float d = h2f(x[i].d), m = h2f(x[i].m);
+        for (int j = 0; j < QK4_1 / 2; ++j) {
+            y[j] = (x[i].qs[j] & 0x0F) * d + m;
+            y[j + QK4_1 / 2] = (x[i].qs[j] >> 4) * d + m;
+        }
+    }
+}
+
+void quantize_q4_1(const float* x, void* dst, int64_t n) {
+    block_q4_1* y = (block_q4_1*)dst;
+    for (int64_t i = 0; i < n / QK4_1; ++i, x += QK4_1) {
+        float min = FLT_MAX, max = -FLT_MAX;
+        for (int j = 0; j < QK4_1; ++j) { min = std::min(min, x[j]); max = std::max(max, x[j]); }
+        const float d = (max - min) / 15;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = f2h(d);
+        y[i].m = f2h(min);
+        for (int j = 0; j < QK4_1 / 2; ++j) {
+            const uint8_t lo = (uint8_t)std::min(15, (int)(int8_t)((x[j] - min) * id + 0.5f));
+            const uint8_t hi = (uint8_t)std::min(15, (int)(int8_t)((x[j + QK4_1 / 2] - min) * id + 0.5f));
+            y[i].qs[j] = lo | (hi << 4);
+        }
+    }
+}
+
+bool scale_q4_1(void* b, float s) {
+    block_q4_1* blk = (block_q4_1*)b;
+    return scale_field(blk->d, s) & scale_field(blk->m, s);
+}
+
+// ---------------------------------------------------------------- Q5_0 / Q5_1 (5th bit in qh)
+
+inline int q5_high_bit(uint32_t qh, int j) { return ((qh >> j) & 1) << 4; }
+
+void dequantize_q5_0(const void* src, float* y, int64_t n) {
+    const block_q5_0* x = (const block_q5_0*)src;
+    for (int64_t i = 0; i < n / QK5_0; ++i, y += QK5_0) {
+        const float d = h2f(x[i].d);
+        uint32_t qh;
+        std::memcpy(&qh, x[i].qh, 4);
+        for (int j = 0; j < QK5_0 / 2; ++j) {
+            y[j] = (((x[i].qs[j] & 0x0F) | q5_high_bit(qh, j)) - 16) * d;
+            y[j + QK5_0 / 2] = (((x[i].qs[j] >> 4) | q5_high_bit(qh, j + QK5_0 / 2)) - 16) * d;
+        }
+    }
+}
+
+void quantize_q5_0(const float* x, void* dst, int64_t n) {
+    block_q5_0* y = (block_q5_0*)dst;
+    for (int64_t i = 0; i < n / QK5_0; ++i, x += QK5_0) {
+        float amax = 0.0f, max = 0.0f;
+        for (int j = 0; j < QK5_0; ++j) {
+            if (amax < std::fabs(x[j])) { amax = std::fabs(x[j]); max = x[j]; }
+        }
+        const float d = max / -16;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = f2h(d);
+        uint32_t qh = 0;
+        for (int j = 0; j < QK5_0 / 2; ++j) {
+            const uint8_t lo = (uint8_t)std::min(31, (int)(int8_t)(x[j] * id + 16.5f));
+            const uint8_t hi = (uint8_t)std::min(31, (int)(int8_t)(x[j + QK5_0 / 2] * id + 16.5f));
+            y[i].qs[j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
+            qh |= (uint32_t)((lo >> 4) & 1) << j;
+            qh |= (uint32_t)((hi >> 4) & 1) << (j + QK5_0 / 2);
+        }
+        std::memcpy(y[i].qh, &qh, 4);
+    }
+}
+
+bool scale_q5_0(void* b, float s) { return scale_field(((block_q5_0*)b)->d, s); }
+
+void dequantize_q5_1(const void* src, float* y, int64_t n) {
+    const block_q5_1* x = (const block_q5_1*)src;
+    for (int64_t i = 0; i < n / QK5_1; ++i, y += QK5_1) {
+        const float d = h2f(x[i].d), m = h2f(x[i].m);
+        uint32_t qh;
+        std::memcpy(&qh, x[i].qh, 4);
+        for (int j = 0; j < QK5_1 / 2; ++j) {
+            y[j] = ((x[i].qs[j] & 0x0F) | q5_high_bit(qh, j)) * d + m;
+            y[j + QK5_1 / 2] = ((x[i].qs[j] >> 4) | q5_high_bit(qh, j + QK5_1 / 2)) * d + m;
+        }
+    }
+}
+
+void quantize_q5_1(const float* x, void* dst, int64_t n) {
+    block_q5_1* y = (block_q5_1*)dst;
+    for (int64_t i = 0; i < n / QK5_1; ++i, x += QK5_1) {
+        float min = FLT_MAX, max = -FLT_MAX;
+        for (int j = 0; j < QK5_1; ++j) { min = std::min(min, x[j]); max = std::max(max, x[j]); }
+        const float d = (max - min) / 31;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = f2h(d);
+        y[i].m = f2h(min);
+        uint32_t qh = 0;
+        for (int j = 0; j < QK5_1 / 2; ++j) {
+            const uint8_t lo = (uint8_t)((x[j] - min) * id + 0.5f);
+            const uint8_t hi = (uint8_t)((x[j + QK5_1 / 2] - min) * id + 0.5f);
+            y[i].qs[j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
+            qh |= (uint32_t)((lo >> 4) & 1) << j;
+            qh |= (uint32_t)((hi >> 4) & 1) << (j + QK5_1 / 2);
+        }
+        std::memcpy(y[i].qh, &qh, 4);
+    }
+}
+
+bool scale_q5_1(void* b, float s) {
+    block_q5_1* blk = (block_q5_1*)b;
+    return scale_field(blk->d, s) & scale_field(blk->m, s);
+}
+
+// ---------------------------------------------------------------- Q8_0
+
+void dequantize_q8_0(const void* src, float* y, int64_t n) {
+    const block_q8_0* x = (const block_q8_0*)src;
+    for (int64_t i = 0; i < n / QK8_0; ++i, y += QK8_0) {
+        const float d = h2f(x[i].d);
+        for (int j = 0; j < QK8_0; ++j) y[j] = x[i].qs[j] * d;
+    }
+}
+
+void quantize_q8_0(const float* x, void* dst, int64_t n) {
+    block_q8_0* y = (block_q8_0*)dst;
+    for (int64_t i = 0; i < n / QK8_0; ++i, x += QK8_0) {
+        float amax = 0.0f;
+        for (int j = 0; j < QK8_0; ++j) amax = std::max(amax, std::fabs(x[j]));
+        const float d = amax / 127;
+        const float id = d ? 1.0f / d : 0.0f;
+        y[i].d = f2h(d);
+        for (int j = 0; j < QK8_0; ++j) y[i].qs[j] = (int8_t)std::round(x[j] * id);
+    }
+}
+
+bool scale_q8_0(void* b, float s) { return scale_field(((block_q8_0*)b)->d, s); }
+
+// ---------------------------------------------------------------- K-quant helpers
+
+// Symmetric fit of n values to levels -nmax..nmax-1 (weighted least squares over 19 trial
+// scales). Returns the scale; L gets levels offset by nmax. Same search as ggml's make_qx_quants.
+float fit_symmetric(int n, int nmax, const float* x, int8_t* L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; ++i) {
+        if (std::fabs(x[i]) > amax) { amax = std::fabs(x[i]); max = x[i]; }
+    }
+    if (amax < kGroupMaxEps) {
+        std::fill(L, L + n, 0);
+        return 0.f;
+    }
+    auto level = [&](float iscale, int i) { return std::max(-nmax, std::min(nmax - 1, nearest_int(iscale * x[i]))); };
+    float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = level(iscale, i);
+        L[i] = (int8_t)(l + nmax);
+        const float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    float scale = suml2 ? sumlx / suml2 : 0.0f;
+    float best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -(nmax + 0.1f * is) / max;
+        sumlx = suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            const int l = level(iscale, i);
+            const float w = x[i] * x[i];
+            sumlx += w * x[i] * l;
+            suml2 += w * l * l;
+        }
+        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+            for (int i = 0; i < n; ++i) L[i] = (int8_t)(nmax + level(iscale, i));
+            scale = sumlx / suml2;
+            best = scale * sumlx;
+        }
+    }
+    return scale;
+}
+
+// Q3_K's sub-block fit: start from the max, then move single levels while the weighted
+// error falls (at most 5 sweeps). Same as ggml's make_q3_quants with rmse on.
+float fit_q3(int n, int nmax, const float* x, int8_t* L) {
+    float max = 0, amax = 0;
+    for (int i = 0; i < n; ++i) {
+        if (std::fabs(x[i]) > amax) { amax = std::fabs(x[i]); max = x[i]; }
+    }
+    if (amax < kGroupMaxEps) {
+        std::fill(L, L + n, 0);
+        return 0.f;
+    }
+    const float iscale = -nmax / max;
+    float sumlx = 0, suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+        const int l = std::max(-nmax, std::min(nmax - 1, nearest_int(iscale * x[i])));
+        L[i] = (int8_t)l;
+        const float w = x[i] * x[i];
+        sumlx += w * x[i] * l;
+        suml2 += w * l * l;
+    }
+    for (int itry = 0; itry < 5; ++itry) {
+        int n_changed = 0;
+        for (int i = 0; i < n; ++i) {
+            const float w = x[i] * x[i];
+            float slx = sumlx - w * x[i] * L[i];
+            if (slx > 0) {
+                float sl2 = suml2 - w * L[i] * L[i];
+                int new_l = std::max(-nmax, std::min(nmax - 1, nearest_int(x[i] * sl2 / slx)));
+                if (new_l != L[i]) {
+                    slx += w * x[i] * new_l;
+                    sl2 += w * new_l * new_l;
+                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                        L[i] = (int8_t)new_l;
+                        sumlx = slx;
+                        suml2 = sl2;
+                        ++n_changed;
+                    }
+                }
+            }
+        }
+        if (!n_changed) break;
+    }
+    for (int i = 0; i < n; ++i) L[i] = (int8_t)(L[i] + nmax);
+    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// Asymmetric fit x ~ scale * L - min with L in 0..nmax, searching nstep+1 trial scales and
+// solving weighted least squares for (scale, min) at each. Same as ggml's make_qkx2_quants.
+float fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min,
+                 float rmin, float rdelta, int nstep, bool use_mad) {
+    float min = x[0], max = x[0];
+    float sum_w = w[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        min = std::min(min, x[i]);
+        max = std::max(max, x[i]);
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    if (min > 0) min = 0;
+    if (max == min) {
+        std::fill(L, L + n, 0);
+        *the_min = -min;
+        return 0.f;
+    }
+    auto err = [&](float d) { return use_mad ? std::fabs(d) : d * d; };
+    float iscale = nmax / (max - min);
+    float scale = 1 / iscale;
+    float best_error = 0;
+    for (int i = 0; i < n; ++i) {
+        L[i] = (uint8_t)std::max(0, std::min(nmax, nearest_int(iscale * (x[i] - min))));
+        best_error += w[i] * err(scale * L[i] + min - x[i]);
+    }
+    uint8_t Laux[32];
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * is + nmax) / (max - min);
+        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+        for (int i = 0; i < n; ++i) {
+            const int l = std::max(0, std::min(nmax, nearest_int(iscale * (x[i] - min))));
+            Laux[i] = (uint8_t)l;
+            sum_l += w[i] * l;
+            sum_l2 += w[i] * l * l;
+            sum_xl += w[i] * l * x[i];
+        }
+        const float D = sum_w * sum_l2 - sum_l * sum_l;
+        if (D > 0) {
+            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            if (this_min > 0) {
+                this_min = 0;
+                this_scale = sum_xl / sum_l2;
+            }
+            float cur_error = 0;
+            for (int i = 0; i < n; ++i) cur_error += w[i] * err(this_scale * Laux[i] + this_min - x[i]);
+            if (cur_error < best_error) {
+                std::memcpy(L, Laux, n);
+                best_error = cur_error;
+                scale = this_scale;
+                min = this_min;
+            }
+        }
+    }
+    *the_min = -min;
+    return scale;
+}
+
+// Q4_K / Q5_K pack eight 6-bit (scale, min) pairs into 12 bytes.
+inline void get_scale_min_k4(int j, const uint8_t* q, uint8_t* d, uint8_t* m) {
+    if (j < 4) {
+        *d = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *d = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j - 0] >> 6) << 4);
+    }
+}
+
+inline void set_scale_min_k4(int j, uint8_t* q, uint8_t ls, uint8_t lm) {
+    if (j < 4) {
+        q[j] = ls;
+        q[j + 4] = lm;
+    } else {
+        q[j + 4] = (ls & 0xF) | ((lm & 0xF) << 4);
+        q[j - 4] |= (ls >> 4) << 6;
+        q[j - 0] |= (lm >> 4) << 6;
+    }
+}
+
+// Q3_K packs sixteen 6-bit signed scales (offset 32) into 12 bytes.
+inline int get_scale_q3(int j, const uint8_t* s) {
+    const int lo = j < 8 ? s[j] & 0xF : s[j - 8] >> 4;
+    return (lo | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
+}
+
+// Q2_K and Q3_K store 2-bit levels, four per byte, 128 values per 32 bytes.
+inline void pack_2bit(const uint8_t* L, uint8_t* qs) {
+    for (int j = 0; j < QK_K; j += 128)
+        for (int l = 0; l < 32; ++l)
+            qs[j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
+}
+
+// Affine sub-blocks of 32 (Q4_K, Q5_K): fit each, then quantize the fits to 6 bits.
+void fit_k4_superblock(const float* x, int nmax, float rmin, int nstep, fp16_t* d_out, fp16_t* dmin_out,
+                       uint8_t* scales12, uint8_t* L) {
+    float mins[QK_K / 32], scales[QK_K / 32], weights[32];
+    float max_scale = 0, max_min = 0;
+    for (int j = 0; j < QK_K / 32; ++j) {
+        float sum_x2 = 0;
+        for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+        const float av_x = std::sqrt(sum_x2 / 32);
+        for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
+        scales[j] = fit_affine(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], rmin, 0.1f, nstep, false);
+        max_scale = std::max(max_scale, scales[j]);
+        max_min = std::max(max_min, mins[j]);
+    }
+    const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+    const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+    std::memset(scales12, 0, K_SCALE_SIZE);
+    for (int j = 0; j < QK_K / 32; ++j) {
+        const uint8_t ls = (uint8_t)std::min(63, (int)(uint8_t)nearest_int(inv_scale * scales[j]));
+        const uint8_t lm = (uint8_t)std::min(63, (int)(uint8_t)nearest_int(inv_min * mins[j]));
+        set_scale_min_k4(j, scales12, ls, lm);
+    }
+    *d_out = f2h(max_scale / 63.f);
+    *dmin_out = f2h(max_min / 63.f);
+    // final levels against the quantized scales
+    for (int j = 0; j < QK_K / 32; ++j) {
+        uint8_t sc, m;
+        get_scale_min_k4(j, scales12, &sc, &m);
+        const float d = h2f(*d_out) * sc;
+        if (!d) continue;
+        const float dm = h2f(*dmin_out) * m;
+        for (int ii = 0; ii < 32; ++ii)
+            L[32 * j + ii] = (uint8_t)std::max(0, std::min(nmax, nearest_int((x[32 * j + ii] + dm) / d)));
+    }
+}
+
+// ---------------------------------------------------------------- Q2_K
+
+void dequantize_q2_K(const void* src, float* y, int64_t n) {
+    const block_q2_K* x = (const block_q2_K*)src;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = h2f(x[i].d), dmin = h2f(x[i].dmin);
+        const uint8_t* q = x[i].qs;
+        int is = 0;
+        for (int half = 0; half < QK_K; half += 128, q += 32) {
+            for (int shift = 0; shift < 8; shift += 2) {
+                for (int part = 0; part < 2; ++part) {
+                    const uint8_t sc = x[i].scales[is++];
+                    const float dl = d * (sc & 0xF), ml = dmin * (sc >> 4);
+                    for (int l = 0; l < 16; ++l) *y++ = dl * ((int8_t)((q[l + 16 * part] >> shift) & 3)) - ml;
+                }
+            }
+        }
+    }
+}
+
+void quantize_q2_K(const float* x, void* dst, int64_t n) {
+    block_q2_K* y = (block_q2_K*)dst;
+    uint8_t L[QK_K];
+    float mins[QK_K / 16], scales[QK_K / 16], weights[16];
+    const float q4scale = 15.f;
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        float max_scale = 0, max_min = 0;
+        for (int j = 0; j < QK_K / 16; ++j) {
+            for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
+            scales[j] = fit_affine(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true);
+            max_scale = std::max(max_scale, scales[j]);
+            max_min = std::max(max_min, mins[j]);
+        }
+        if (max_scale > 0) {
+            const float iscale = q4scale / max_scale;
+            for (int j = 0; j < QK_K / 16; ++j) y[i].scales[j] = (uint8_t)nearest_int(iscale * scales[j]);
+            y[i].d = f2h(max_scale / q4scale);
+        } else {
+            for (int j = 0; j < QK_K / 16; ++j) y[i].scales[j] = 0;
+            y[i].d = f2h(0.f);
+        }
+        if (max_min > 0) {
+            const float iscale = q4scale / max_min;
+            for (int j = 0; j < QK_K / 16; ++j) y[i].scales[j] |= (uint8_t)(nearest_int(iscale * mins[j]) << 4);
+            y[i].dmin = f2h(max_min / q4scale);
+        } else {
+            y[i].dmin = f2h(0.f);
+        }
+        for (int j = 0; j < QK_K / 16; ++j) {
+            const float d = h2f(y[i].d) * (y[i].scales[j] & 0xF);
+            if (!d) continue;
+            const float dm = h2f(y[i].dmin) * (y[i].scales[j] >> 4);
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (uint8_t)std::max(0, std::min(3, nearest_int((x[16 * j + ii] + dm) / d)));
+        }
+        pack_2bit(L, y[i].qs);
+    }
+}
+
+bool scale_q2_K(void* b, float s) {
+    block_q2_K* blk = (block_q2_K*)b;
+    return scale_field(blk->d, s) & scale_field(blk->dmin, s);
+}
+
+// ---------------------------------------------------------------- Q3_K
+
+void dequantize_q3_K(const void* src, float* y, int64_t n) {
+    const block_q3_K* x = (const block_q3_K*)src;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d_all = h2f(x[i].d);
+        const uint8_t* q = x[i].qs;
+        const uint8_t* hm = x[i].hmask;
+        uint8_t m = 1;
+        int is = 0;
+        for (int half = 0; half < QK_K; half += 128, q += 32) {
+            for (int shift = 0; shift < 8; shift += 2, m <<= 1) {
+                for (int part = 0; part < 2; ++part) {
+                    const float dl = d_all * get_scale_q3(is++, x[i].scales);
+                    for (int l = 0; l < 16; ++l) {
+                        const int k = l + 16 * part;
+                        *y++ = dl * ((int8_t)((q[k] >> shift) & 3) - ((hm[k] & m) ? 0 : 4));
+                    }
+                }
+            }
+        }
+    }
+}
+
+void quantize_q3_K(const float* x, void* dst, int64_t n) {
+    block_q3_K* y = (block_q3_K*)dst;
+    int8_t L[QK_K];
+    float scales[QK_K / 16];
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        float max_scale = 0, amax = 0;
+        for (int j = 0; j < QK_K / 16; ++j) {
+            scales[j] = fit_q3(16, 4, x + 16 * j, L + 16 * j);
+            if (std::fabs(scales[j]) > amax) { amax = std::fabs(scales[j]); max_scale = scales[j]; }
+        }
+        std::memset(y[i].scales, 0, 12);
+        if (max_scale) {
+            const float iscale = -32.f / max_scale;
+            for (int j = 0; j < QK_K / 16; ++j) {
+                int l = std::max(-32, std::min(31, (int)(int8_t)nearest_int(iscale * scales[j]))) + 32;
+                if (j < 8) y[i].scales[j] = l & 0xF;
+                else y[i].scales[j - 8] |= (l & 0xF) << 4;
+                y[i].scales[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
+            }
+            y[i].d = f2h(1 / iscale);
+        } else {
+            y[i].d = f2h(0.f);
+        }
+        for (int j = 0; j < QK_K / 16; ++j) {
+            const float d = h2f(y[i].d) * get_scale_q3(j, y[i].scales);
+            if (!d) continue;
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (int8_t)(std::max(-4, std::min(3, nearest_int(x[16 * j + ii] / d))) + 4);
+        }
+        // the high bit of each level goes to hmask: value j uses bit j / 32 of byte j % 32
+        std::memset(y[i].hmask, 0, QK_K / 8);
+        uint8_t ul[QK_K];
+        for (int j = 0; j < QK_K; ++j) {
+            int l = L[j];
+            if (l > 3) {
+                y[i].hmask[j % (QK_K / 8)] |= (uint8_t)(1 << (j / (QK_K / 8)));
+                l -= 4;
+            }
+            ul[j] = (uint8_t)l;
+        }
+        pack_2bit(ul, y[i].qs);
+    }
+}
+
+bool scale_q3_K(void* b, float s) { return scale_field(((block_q3_K*)b)->d, s); }
+
+// ---------------------------------------------------------------- Q4_K
+
+void dequantize_q4_K(const void* src, float* y, int64_t n) {
+    const block_q4_K* x = (const block_q4_K*)src;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = h2f(x[i].d), dmin = h2f(x[i].dmin);
+        const uint8_t* q = x[i].qs;
+        for (int is = 0; is < QK_K / 32; is += 2, q += 32) {
+            uint8_t sc, m;
+            get_scale_min_k4(is, x[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            get_scale_min_k4(is + 1, x[i].scales, &sc, &m);
+            const float d2 = d * sc, m2 = dmin * m;
+            for (int l = 0; l < 32; ++l) *y++ = d1 * (q[l] & 0xF) - m1;
+            for (int l = 0; l < 32; ++l) *y++ = d2 * (q[l] >> 4) - m2;
+        }
+    }
+}
+
+void quantize_q4_K(const float* x, void* dst, int64_t n) {
+    block_q4_K* y = (block_q4_K*)dst;
+    uint8_t L[QK_K];
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        fit_k4_superblock(x, 15, -1.f, 20, &y[i].d, &y[i].dmin, y[i].scales, L);
+        uint8_t* q = y[i].qs;
+        for (int j = 0; j < QK_K; j += 64, q += 32)
+            for (int l = 0; l < 32; ++l) q[l] = L[j + l] | (L[j + l + 32] << 4);
+    }
+}
+
+bool scale_q4_K(void* b, float s) {
+    block_q4_K* blk = (block_q4_K*)b;
+    return scale_field(blk->d, s) & scale_field(blk->dmin, s);
+}
+
+// ---------------------------------------------------------------- Q5_K
+
+void dequantize_q5_K(const void* src, float* y, int64_t n) {
+    const block_q5_K* x = (const block_q5_K*)src;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = h2f(x[i].d), dmin = h2f(x[i].dmin);
+        const uint8_t* ql = x[i].qs;
+        const uint8_t* qh = x[i].qh;
+        uint8_t u1 = 1, u2 = 2;
+        for (int is = 0; is < QK_K / 32; is += 2, ql += 32, u1 <<= 2, u2 <<= 2) {
+            uint8_t sc, m;
+            get_scale_min_k4(is, x[i].scales, &sc, &m);
+            const float d1 = d * sc, m1 = dmin * m;
+            get_scale_min_k4(is + 1, x[i].scales, &sc, &m);
+            const float d2 = d * sc, m2 = dmin * m;
+            for (int l = 0; l < 32; ++l) *y++ = d1 * ((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+            for (int l = 0; l < 32; ++l) *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+        }
+    }
+}
+
+void quantize_q5_K(const float* x, void* dst, int64_t n) {
+    block_q5_K* y = (block_q5_K*)dst;
+    uint8_t L[QK_K];
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        fit_k4_superblock(x, 31, -0.5f, 15, &y[i].d, &y[i].dmin, y[i].scales, L);
+        uint8_t* qh = y[i].qh;
+        uint8_t* ql = y[i].qs;
+        std::memset(qh, 0, QK_K / 8);
+        uint8_t m1 = 1, m2 = 2;
+        for (int base = 0; base < QK_K; base += 64, m1 <<= 2, m2 <<= 2, ql += 32) {
+            for (int j = 0; j < 32; ++j) {
+                int l1 = L[base + j], l2 = L[base + j + 32];
+                if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
+                if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
+                ql[j] = (uint8_t)(l1 | (l2 << 4));
+            }
+        }
+    }
+}
+
+bool scale_q5_K(void* b, float s) {
+    block_q5_K* blk = (block_q5_K*)b;
+    return scale_field(blk->d, s) & scale_field(blk->dmin, s);
+}
+
+// ---------------------------------------------------------------- Q6_K
+
+void dequantize_q6_K(const void* src, float* y, int64_t n) {
+    const block_q6_K* x = (const block_q6_K*)src;
+    for (int64_t i = 0; i < n / QK_K; ++i) {
+        const float d = h2f(x[i].d);
+        const uint8_t* ql = x[i].ql;
+        const uint8_t* qh = x[i].qh;
+        const int8_t* sc = x[i].scales;
+        for (int half = 0; half < QK_K; half += 128, y += 128, ql += 64, qh += 32, sc += 8) {
+            for (int l = 0; l < 32; ++l) {
+                const int is = l / 16;
+                const int8_t q1 = (int8_t)((ql[l + 0] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+                const int8_t q2 = (int8_t)((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+                const int8_t q3 = (int8_t)((ql[l + 0] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+                const int8_t q4 = (int8_t)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+                y[l + 0] = d * sc[is + 0] * q1;
+                y[l + 32] = d * sc[is + 2] * q2;
+                y[l + 64] = d * sc[is + 4] * q3;
+                y[l + 96] = d * sc[is + 6] * q4;
+            }
+        }
+    }
+}
+
+void quantize_q6_K(const float* x, void* dst, int64_t n) {
+    block_q6_K* y = (block_q6_K*)dst;
+    int8_t L[QK_K];
+    float scales[QK_K / 16];
+    for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
+        float max_scale = 0, max_abs_scale = 0;
+        for (int ib = 0; ib < QK_K / 16; ++ib) {
+            scales[ib] = fit_symmetric(16, 32, x + 16 * ib, L + 16 * ib);
+            if (std::fabs(scales[ib]) > max_abs_scale) { max_abs_scale = std::fabs(scales[ib]); max_scale = scales[ib]; }
+        }
+        if (max_abs_scale < kGroupMaxEps) {
+            std::memset(&y[i], 0, sizeof(block_q6_K));
+            continue;
+        }
+        const float iscale = -128.f / max_scale;
+        y[i].d = f2h(1 / iscale);
+        for (int ib = 0; ib < QK_K / 16; ++ib) y[i].scales[ib] = (int8_t)std::min(127, nearest_int(iscale * scales[ib]));
+        for (int j = 0; j < QK_K / 16; ++j) {
+            const float d = h2f(y[i].d) * y[i].scales[j];
+            if (!d) continue;
+            for (int ii = 0; ii < 16; ++ii)
+                L[16 * j + ii] = (int8_t)(std::max(-32, std::min(31, nearest_int(x[16 * j + ii] / d))) + 32);
+        }
+        uint8_t* ql = y[i].ql;
+        uint8_t* qh = y[i].qh;
+        for (int j = 0; j < QK_K; j += 128, ql += 64, qh += 32) {
+            for (int l = 0; l < 32; ++l) {
+                const uint8_t a = L[j + l], b = L[j + l + 32], c = L[j + l + 64], e = L[j + l + 96];
+                ql[l + 0] = (a & 0xF) | ((c & 0xF) << 4);
+                ql[l + 32] = (b & 0xF) | ((e & 0xF) << 4);
+                qh[l] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
+            }
+        }
+    }
+}
+
+bool scale_q6_K(void* b, float s) { return scale_field(((block_q6_K*)b)->d, s); }
+
+#define TYPE_ROW(T, NAME, BS, SIZE, SUFFIX) \
+    {GgmlType::T, NAME, BS, SIZE, dequantize_##SUFFIX, quantize_##SUFFIX, scale_##SUFFIX}
+
+const TypeTraits kTraits[] = {
+    TYPE_ROW(F32, "F32", 1, 4, f32),
+    TYPE_ROW(F16, "F16", 1, 2, f16),
+    TYPE_ROW(BF16, "BF16", 1, 2, bf16),
+    TYPE_ROW(Q4_0, "Q4_0", QK4_0, sizeof(block_q4_0), q4_0),
+    TYPE_ROW(Q4_1, "Q4_1", QK4_1, sizeof(block_q4_1), q4_1),
+    TYPE_ROW(Q5_0, "Q5_0", QK5_0, sizeof(block_q5_0), q5_0),
+    TYPE_ROW(Q5_1, "Q5_1", QK5_1, sizeof(block_q5_1), q5_1),
+    TYPE_ROW(Q8_0, "Q8_0", QK8_0, sizeof(block_q8_0), q8_0),
+    TYPE_ROW(Q2_K, "Q2_K", QK_K, sizeof(block_q2_K), q2_K),
+    TYPE_ROW(Q3_K, "Q3_K", QK_K, sizeof(block_q3_K), q3_K),
+    TYPE_ROW(Q4_K, "Q4_K", QK_K, sizeof(block_q4_K), q4_K),
+    TYPE_ROW(Q5_K, "Q5_K", QK_K, sizeof(block_q5_K), q5_K),
+    TYPE_ROW(Q6_K, "Q6_K", QK_K, sizeof(block_q6_K), q6_K),
+};
+
+}  // namespace
+
+const TypeTraits* traits_for(int32_t type) {
+    for (const TypeTraits& t : kTraits)
+        if ((int32_t)t.type == type) return &t;
+    return nullptr;
+}
+
+std::string type_name(int32_t type) {
+    const TypeTraits* t = traits_for(type);
+    return t ? std::string(t->name) : "ggml type " + std::to_string(type);
+}
+
+}  // namespace sealgguf

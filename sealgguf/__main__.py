@@ -1,0 +1,3 @@
+from sealgguf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,104 @@
+"""Run a GGUF in llama.cpp (through llama-cpp-python) on task samples: greedy decoding after the
+task's answer prefix, with the KV cache reused across samples that share a token prefix."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sealgguf.errors import SealError
+from sealgguf.tokens import PromptEncoder, gguf_adds_bos
+
+
+@dataclass
+class RopeOptions:
+    kind: str = "none"     # none | linear | yarn | ntk
+    factor: float = 1.0
+    self_extend: tuple[int, int] | None = None  # reserved: (group size, window)
+
+    def llama_kwargs(self, head_dim: int, base: float, n_ctx_orig: int) -> dict:
+        from llama_cpp import LLAMA_ROPE_SCALING_TYPE_LINEAR, LLAMA_ROPE_SCALING_TYPE_YARN
+
+        from sealgguf.fold.rope import ntk_base
+
+        if self.kind == "none":
+            return {}
+        if self.kind == "linear":
+            return {"rope_scaling_type": LLAMA_ROPE_SCALING_TYPE_LINEAR, "rope_freq_scale": 1.0 / self.factor}
+        if self.kind == "yarn":
+            return {"rope_scaling_type": LLAMA_ROPE_SCALING_TYPE_YARN, "rope_freq_scale": 1.0 / self.factor,
+                    "yarn_orig_ctx": n_ctx_orig}
+        if self.kind == "ntk":
+            return {"rope_freq_base": ntk_base(base, self.factor, head_dim)}
+        raise SealError(f"unknown rope scaling {self.kind!r} (choose from: none, linear, yarn, ntk)")
+
+
+class LlamaRunner:
+    """One GGUF loaded in llama.cpp for greedy, prefix-reusing generation."""
+
+    def __init__(self, path: str | Path, n_ctx: int, threads: int | None = None, flash_attn: bool = True,
+                 rope: RopeOptions | None = None, reuse_prefix: bool = True):
+        from llama_cpp import Llama
+
+        from sealgguf.fold.gguf_file import field_value, open_gguf, read_layout
+
+        self.path = Path(path)
+        reader = open_gguf(self.path)
+        layout = read_layout(reader, self.path)
+        rope = rope or RopeOptions()
+        base = float(field_value(reader, f"{layout.arch}.rope.freq_base", 10000.0))
+        kwargs = rope.llama_kwargs(layout.head_dim, base, layout.context_length)
+        self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
+                         n_threads=threads or os.cpu_count(), flash_attn=flash_attn, verbose=False,
+                         swa_full=True, **kwargs)
+        self.reuse_prefix = reuse_prefix
+        self.tokens_processed = 0
+        template = field_value(reader, "tokenizer.chat_template")
+        bos = self.llm.token_bos()
+        bos_text = self.llm.detokenize([bos], special=True).decode("utf-8", "replace") if bos >= 0 else ""
+        self.encoder = PromptEncoder(
+            encode=lambda text: self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True),
+            bos_id=bos if gguf_adds_bos(reader) and bos >= 0 else None,
+            chat_template=template, bos_text=bos_text,
+        )
+        self._eog = {self.llm.token_eos()} | {t for t in (self.llm.token_nl(),) if t >= 0}
+
+    def _last_logits(self) -> np.ndarray:
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.llm.n_vocab(),))
+
+    def _feed(self, ids: list[int]) -> None:
+        """Bring the context to exactly `ids`, evaluating only what is not already cached."""
+        keep = 0
+        if self.reuse_prefix:
+            cached = self.llm.input_ids[: self.llm.n_tokens]
+            limit = min(len(cached), len(ids) - 1)  # always evaluate at least one token for fresh logits
+            while keep < limit and cached[keep] == ids[keep]:
+                keep += 1
+        self.llm.n_tokens = keep
+        self.llm.eval(ids[keep:])
+        self.tokens_processed += len(ids) - keep
+
+    def generate(self, ids: list[int], max_tokens: int) -> str:
+        """Greedy continuation of `ids`, stopped at end of generation or a newline."""
+        from llama_cpp import llama_vocab_is_eog
+
+        if len(ids) + max_tokens > self.llm.n_ctx():
+            raise SealError(f"{self.path.name}: prompt of {len(ids)} tokens + {max_tokens} does not fit n_ctx "
+                            f"{self.llm.n_ctx()}")
+        self._feed(ids)
+        out: list[int] = []
+        vocab = self.llm._model.vocab
+        for _ in range(max_tokens):
+            tok = int(np.argmax(self._last_logits()))
+            if llama_vocab_is_eog(vocab, tok) or tok in self._eog:
+                break
+            out.append(tok)
+            self.llm.eval([tok])
+            self.tokens_processed += 1
+        return self.llm.detokenize(out).decode("utf-8", "replace")
+
+    def close(self) -> None:
+        self.llm.close()

@@ -1,0 +1,77 @@
+"""`sealgguf seal`: tune -> fold -> eval, with a before/after report next to the output file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sealgguf.errors import SealError
+from sealgguf.eval.runner import RopeOptions
+
+
+@dataclass
+class SealOptions:
+    model: str
+    out: Path
+    tasks: list[str] = field(default_factory=lambda: ["lines"])
+    granularity: str = "head"
+    length: int = 1024
+    samples: int = 50
+    lr: float | None = None
+    epochs: int = 1
+    eval_samples: int = 30
+    eval_lengths: list[int] | None = None   # default: the tuning length
+    eval_tasks: list[str] | None = None     # default: the tuning tasks
+    rope_scaling: str = "none"
+    rope_factor: float = 0.0
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+def report_paths(out: Path) -> dict[str, Path]:
+    stem = out.name[:-5] if out.name.endswith(".gguf") else out.name
+    return {k: out.with_name(f"{stem}.{k}") for k in ("scales.safetensors", "report.json", "report.md", "report.png")}
+
+
+def seal(opt: SealOptions) -> dict:
+    from sealgguf import report as rep
+    from sealgguf.eval.harness import EvalOptions, evaluate
+    from sealgguf.fold import fold_file
+    from sealgguf.models import resolve
+    from sealgguf.tune import TuneOptions, run_tune
+
+    model_path = resolve(opt.model)
+    if not model_path.is_file():
+        raise SealError(f"{model_path}: seal needs a GGUF file (it folds into the quantized weights)")
+    paths = report_paths(opt.out)
+    tune_info = run_tune(TuneOptions(
+        model=str(model_path), out=paths["scales.safetensors"], tasks=opt.tasks, granularity=opt.granularity,
+        length=opt.length, samples=opt.samples, lr=opt.lr, epochs=opt.epochs, seed=opt.seed, device=opt.device,
+        rope_scaling=opt.rope_scaling, rope_factor=opt.rope_factor, progress=opt.progress))
+    folded = fold_file(model_path, paths["scales.safetensors"], opt.out, threads=opt.threads or 0,
+                       progress=opt.progress)
+    rope = RopeOptions(opt.rope_scaling, opt.rope_factor or 1.0)
+    report = evaluate(EvalOptions(
+        models=[model_path, opt.out], tasks=opt.eval_tasks or opt.tasks,
+        lengths=opt.eval_lengths or [opt.length], samples=opt.eval_samples, rope=rope, threads=opt.threads,
+        seed=opt.seed, progress=opt.progress))
+    report["tune"] = {k: v for k, v in tune_info.items() if k != "losses"}
+    report["tune"]["losses"] = [round(x, 4) for x in tune_info["losses"]]
+    report["fold"] = {"rel_rmse_by_type": folded.rel_rmse_by_type(),
+                      "blocks_rescaled": folded.blocks("blocks_rescaled"),
+                      "blocks_requantized": folded.blocks("blocks_requantized")}
+    header = (f"# sealgguf report: {model_path.name} -> {opt.out.name}\n\n"
+              f"SEAL-{'H' if opt.granularity == 'head' else 'C'} tuned on {','.join(opt.tasks)} at {opt.length} "
+              f"tokens, {opt.samples} samples x {opt.epochs} epoch(s), lr {tune_info['lr']}, in "
+              f"{tune_info['seconds']} s on {tune_info['device']}; scales {tune_info['scale_min']:.3f}.."
+              f"{tune_info['scale_max']:.3f}; validation exact match {tune_info['val_exact_match_before']:.2f} -> "
+              f"{tune_info['val_exact_match_after']:.2f}.\nFold: {json.dumps(report['fold'])}\n\n")
+    rep.write_json(report, paths["report.json"])
+    rep.write_markdown(report, paths["report.md"], header)
+    rep.plot(report, paths["report.png"])
+    report["header"] = header
+    report["paths"] = {k: str(v) for k, v in paths.items()}
+    return report

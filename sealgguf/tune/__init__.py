@@ -1,0 +1,102 @@
+"""`sealgguf tune`: learn SEAL-H / SEAL-C scales for a model and write the scales file."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sealgguf.errors import SealError
+
+DEFAULT_LR = {"head": 1e-2, "channel": 2e-2}  # the paper's defaults for 7B models
+
+
+@dataclass
+class TuneOptions:
+    model: str
+    out: Path
+    tasks: list[str] = field(default_factory=lambda: ["lines"])
+    granularity: str = "head"
+    length: int = 2048
+    samples: int = 50
+    val_samples: int = 10
+    lr: float | None = None
+    epochs: int = 1
+    grad_accum: int = 1
+    seed: int = 0
+    device: str = "auto"
+    rope_scaling: str = "none"
+    rope_factor: float = 0.0
+    checkpointing: bool = True
+    checkpoint_every: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SealError(f"--device {device}: no CUDA device is available")
+    return device
+
+
+def run_tune(opt: TuneOptions) -> dict:
+    import torch
+
+    from sealgguf import scales as scales_file
+    from sealgguf.fsutil import sha256_file
+    from sealgguf.models import resolve
+    from sealgguf.tasks import parse_tasks
+    from sealgguf.tune.data import make_examples
+    from sealgguf.tune.model import SealScales, enable_checkpointing, load
+    from sealgguf.tune.trainer import TrainConfig, train
+
+    if opt.granularity not in DEFAULT_LR:
+        raise SealError(f"--granularity must be 'head' or 'channel', got {opt.granularity!r}")
+    parse_tasks(",".join(opt.tasks))
+    device = pick_device(opt.device)
+    torch.manual_seed(opt.seed)
+    path = resolve(opt.model)
+    lm = load(path, device, (opt.rope_scaling, opt.rope_factor))
+    limit = lm.layout.context_length * (opt.rope_factor if opt.rope_scaling != "none" else 1)
+    if lm.layout.context_length and opt.length > limit:
+        raise SealError(f"--length {opt.length} exceeds the model's context of {int(limit)} tokens; "
+                        "use --rope-scaling linear|yarn|ntk with --rope-factor")
+    if opt.checkpointing:
+        enable_checkpointing(lm.model)
+
+    train_set = make_examples(opt.tasks, opt.samples, opt.length, lm.encoder, "train", opt.seed)
+    val_set = make_examples(opt.tasks, opt.val_samples, opt.length, lm.encoder, "val", opt.seed)
+    seal = SealScales(lm.layout, opt.granularity).to(device).attach(lm.model)
+    lr = opt.lr if opt.lr is not None else DEFAULT_LR[opt.granularity]
+    cfg = TrainConfig(lr=lr, epochs=opt.epochs, grad_accum=opt.grad_accum, seed=opt.seed,
+                      checkpoint_every=opt.checkpoint_every, resume=opt.resume, progress=opt.progress,
+                      checkpoint_path=Path(str(opt.out) + ".ckpt.pt"))
+    t0 = time.time()
+    result = train(lm.model, seal, train_set, val_set, cfg, device)
+    values = seal.scales.detach().float().cpu().numpy()
+    seal.detach_hooks()
+
+    lengths = [int(ex.ids.numel()) for ex in train_set]
+    meta = {
+        "task": ",".join(opt.tasks), "length": opt.length, "mean_tokens": round(sum(lengths) / len(lengths), 1),
+        "samples": opt.samples, "lr": lr, "epochs": opt.epochs, "grad_accum": opt.grad_accum, "seed": opt.seed,
+        "rope_scaling": lm.model.seal_rope_spec, "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
+        "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
+        "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
+        "device": device, "seconds": round(time.time() - t0, 1),
+        "val_exact_match_before": result.val_before, "val_exact_match_after": result.val_after,
+        "loss_first": result.losses[0] if result.losses else None,
+        "loss_last10": sum(result.losses[-10:]) / max(1, len(result.losses[-10:])),
+    }
+    scales_file.save(opt.out, values, meta)
+    if cfg.checkpoint_path.exists():
+        cfg.checkpoint_path.unlink()
+    return {**meta, "losses": result.losses, "scale_min": float(values.min()), "scale_max": float(values.max())}
+
+
+__all__ = ["TuneOptions", "run_tune", "DEFAULT_LR"]

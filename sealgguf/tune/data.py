@@ -1,0 +1,37 @@
+"""Token tensors for tuning: prompt + answer ids, and where the answer starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sealgguf.tasks import get_task, make_sample
+from sealgguf.tasks.base import Sample
+from sealgguf.tokens import PromptEncoder
+
+# Disjoint seed ranges, so training, validation and evaluation never share a sample.
+SPLIT_BASE = {"train": 0, "val": 500_000, "eval": 900_000}
+
+
+def split_seeds(split: str, n: int, seed: int = 0) -> list[int]:
+    return [seed * 1_000_000 + SPLIT_BASE[split] + i for i in range(n)]
+
+
+@dataclass
+class Example:
+    ids: torch.Tensor  # int64 [T]: prompt then answer
+    n_answer: int
+    sample: Sample
+
+
+def make_examples(tasks: list[str], n: int, length: int, encoder: PromptEncoder, split: str,
+                  seed: int = 0) -> list[Example]:
+    """n samples of `length` tokens (answer included), cycling through `tasks`."""
+    examples = []
+    for i, s in enumerate(split_seeds(split, n, seed)):
+        task = get_task(tasks[i % len(tasks)], train=(split != "eval"))
+        sample = make_sample(task, s, length, lambda x: encoder.count(x) + len(encoder.answer_ids(x)))
+        prompt, answer = encoder.prompt_ids(sample), encoder.answer_ids(sample)
+        examples.append(Example(torch.tensor(prompt + answer, dtype=torch.long), len(answer), sample))
+    return examples

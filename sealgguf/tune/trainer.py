@@ -1,0 +1,97 @@
+"""The SEAL training loop: frozen model, only the scales learn, loss on the answer tokens only."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from sealgguf.tune.data import Example
+from sealgguf.tune.model import SealScales
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-2
+    epochs: int = 1
+    grad_accum: int = 1
+    seed: int = 0
+    checkpoint_every: int = 0           # steps; 0 = never
+    checkpoint_path: Path | None = None
+    resume: bool = False
+    progress: bool = True
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    val_before: float | None = None
+    val_after: float | None = None
+
+
+def autocast_for(device: str):
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()  # fp32 on CPU
+
+
+def answer_loss(model, ex: Example, device: str) -> tuple[torch.Tensor, bool]:
+    """Cross-entropy over the answer tokens; logits only for those positions, never [T x vocab]."""
+    ids = ex.ids[None].to(device)
+    with autocast_for(device):
+        logits = model(input_ids=ids, logits_to_keep=ex.n_answer + 1, use_cache=False).logits
+    logits = logits[0, :-1].float()          # position t predicts token t + 1
+    target = ids[0, -ex.n_answer:]
+    exact = bool((logits.argmax(-1) == target).all())
+    return F.cross_entropy(logits, target), exact
+
+
+@torch.no_grad()
+def exact_match(model, examples: list[Example], device: str) -> float:
+    """Teacher-forced exact match: every answer token is the argmax."""
+    if not examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    hits = sum(answer_loss(model, ex, device)[1] for ex in examples)
+    model.train(was_training)
+    return hits / len(examples)
+
+
+def train(model, seal: SealScales, train_set: list[Example], val_set: list[Example], cfg: TrainConfig,
+          device: str) -> TrainResult:
+    from tqdm import tqdm
+
+    result = TrainResult(val_before=exact_match(model, val_set, device))
+    opt = torch.optim.AdamW(seal.parameters(), lr=cfg.lr, weight_decay=0.0)  # constant lr, as the paper
+    start = 0
+    if cfg.resume and cfg.checkpoint_path and cfg.checkpoint_path.exists():
+        state = torch.load(cfg.checkpoint_path, map_location="cpu")
+        seal.load_state_dict(state["seal"])
+        opt.load_state_dict(state["opt"])
+        start, result.losses = state["step"], state["losses"]
+
+    rng = random.Random(cfg.seed)
+    order = [i for _ in range(cfg.epochs) for i in rng.sample(range(len(train_set)), len(train_set))]
+    model.train()  # turns activation checkpointing on (dropout is 0 in these models)
+    bar = tqdm(total=len(order), initial=start, desc="tuning", unit="sample", disable=not cfg.progress)
+    for step in range(start, len(order)):
+        loss, _ = answer_loss(model, train_set[order[step]], device)
+        (loss / cfg.grad_accum).backward()
+        if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(order):
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        result.losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{sum(result.losses[-10:]) / len(result.losses[-10:]):.3f}")
+        if cfg.checkpoint_every and cfg.checkpoint_path and (step + 1) % cfg.checkpoint_every == 0:
+            torch.save({"seal": seal.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                        "losses": result.losses}, cfg.checkpoint_path)
+    bar.close()
+    model.eval()
+    result.val_after = exact_match(model, val_set, device)
+    return result

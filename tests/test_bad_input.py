@@ -1,0 +1,126 @@
+"""Bad input: non-zero exit, a one-line message naming the problem, no output, inputs unchanged."""
+
+import hashlib
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sealgguf import scales
+
+
+def _sha(p):
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "sealgguf", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def good(smollm2, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    model = d / "model.gguf"
+    shutil.copyfile(smollm2, model)
+    scales.save(d / "ok.safetensors", np.ones((30, 9), np.float32), {})
+    return d, model
+
+
+def _expect_error(args, out, inputs, pattern):
+    before = {p: _sha(p) for p in inputs}
+    r = _run(*args)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("sealgguf: error:") and pattern in lines[0], lines[0]
+    assert "Traceback" not in r.stderr
+    assert not out.exists()
+    assert not list(out.parent.glob(f".{out.name}.*"))  # no temporary left behind
+    assert {p: _sha(p) for p in inputs} == before
+
+
+def _forge(good, name, data):
+    d, _ = good
+    p = d / name
+    p.write_bytes(data)
+    return p
+
+
+def test_truncated_gguf(good):
+    d, model = good
+    bad = _forge(good, "trunc.gguf", model.read_bytes()[: 5_000_000])
+    _expect_error(["fold", bad, d / "ok.safetensors", "-o", d / "o1.gguf"], d / "o1.gguf", [bad], "trunc.gguf")
+    bad2 = _forge(good, "trunc2.gguf", model.read_bytes()[: 300])
+    _expect_error(["fold", bad2, d / "ok.safetensors", "-o", d / "o1.gguf"], d / "o1.gguf", [bad2], "truncated")
+
+
+def test_wrong_magic(good):
+    d, model = good
+    bad = _forge(good, "magic.gguf", b"GGML" + model.read_bytes()[4:4096])
+    _expect_error(["fold", bad, d / "ok.safetensors", "-o", d / "o2.gguf"], d / "o2.gguf", [bad], "not a GGUF file")
+
+
+@pytest.mark.parametrize("field,offset", [("tensors", 8), ("metadata keys", 16)])
+def test_absurd_counts(good, field, offset):
+    d, model = good
+    data = bytearray(model.read_bytes()[:65536])
+    struct.pack_into("<Q", data, offset, 1 << 60)
+    bad = _forge(good, f"absurd{offset}.gguf", bytes(data))
+    _expect_error(["inspect", bad], d / "none.gguf", [bad], field)
+
+
+def test_scales_shape_mismatch(good):
+    d, model = good
+    scales.save(d / "shape.safetensors", np.ones((30, 8), np.float32), {})
+    _expect_error(["fold", model, d / "shape.safetensors", "-o", d / "o3.gguf"], d / "o3.gguf",
+                  [model, d / "shape.safetensors"], "[30, 9]")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_scales(good, bad):
+    d, model = good
+    from safetensors.numpy import save_file
+
+    v = np.ones((30, 9), np.float32)
+    v[2, 3] = bad
+    save_file({"scales": v}, str(d / "nan.safetensors"), metadata={"granularity": "head"})
+    _expect_error(["fold", model, d / "nan.safetensors", "-o", d / "o4.gguf"], d / "o4.gguf",
+                  [model, d / "nan.safetensors"], "[2, 3]")
+
+
+def test_missing_scales_file(good):
+    d, model = good
+    _expect_error(["fold", model, d / "nope.safetensors", "-o", d / "o5.gguf"], d / "o5.gguf", [model], "not found")
+
+
+def test_not_safetensors(good):
+    d, model = good
+    junk = _forge(good, "junk.safetensors", b"this is not a safetensors file at all")
+    _expect_error(["fold", model, junk, "-o", d / "o6.gguf"], d / "o6.gguf", [model, junk], "not a safetensors")
+
+
+def test_output_over_input_refused(good):
+    d, model = good
+    before = _sha(model)
+    r = _run("fold", model, d / "ok.safetensors", "-o", model)
+    assert r.returncode != 0 and "overwrite the input" in r.stderr
+    assert _sha(model) == before
+
+
+def test_unsupported_quant_type(good):
+    """An attn_output tensor of a type the engine cannot fold: blk.0's type id forged to IQ4_NL."""
+    from sealgguf.fold.gguf_file import open_gguf
+
+    d, model = good
+    data = bytearray(model.read_bytes())
+    f = open_gguf(model)
+    name = b"blk.0.attn_output.weight"
+    pos = bytes(data).index(name, f.kv_end) + len(name)
+    n_dims = struct.unpack_from("<I", data, pos)[0]
+    struct.pack_into("<I", data, pos + 4 + 8 * n_dims, 20)  # GGML_TYPE_IQ4_NL
+    bad = _forge(good, "type.gguf", bytes(data))
+    _expect_error(["fold", bad, d / "ok.safetensors", "-o", d / "o7.gguf"], d / "o7.gguf", [bad],
+                  "blk.0.attn_output.weight: cannot fold type IQ4_NL")

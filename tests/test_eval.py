@@ -1,0 +1,133 @@
+"""eval, report and seal: statistics, real llama.cpp runs at small sizes, and the tie between the
+transformers model with scales and the folded GGUF."""
+
+import json
+
+import numpy as np
+import pytest
+
+from sealgguf.eval.harness import EvalOptions, evaluate
+from sealgguf.eval.stats import mcnemar_exact, paired
+
+
+def test_mcnemar_exact_values():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(0, 5) == pytest.approx(2 / 32)
+    assert mcnemar_exact(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar_exact(5, 5) == 1.0
+
+
+def test_paired_difference_and_interval():
+    a = [True] * 3 + [False] * 17
+    b = [True] * 12 + [False] * 8
+    p = paired(a, b)
+    assert p.n == 20 and p.acc_a == 0.15 and p.acc_b == 0.6
+    assert p.diff == pytest.approx(0.45)
+    assert 0.2 < p.ci_low < p.diff < p.ci_high < 0.7
+    assert p.only_b == 9 and p.only_a == 0 and p.p_mcnemar < 0.01
+    same = paired(a, a)
+    assert same.diff == 0 and same.ci_low == 0 and same.ci_high == 0 and same.p_mcnemar == 1.0
+
+
+@pytest.fixture(scope="module")
+def self_compare(smollm2, tmp_path_factory):
+    d = tmp_path_factory.mktemp("eval")
+    import shutil
+
+    twin = d / "twin.gguf"
+    shutil.copyfile(smollm2, twin)
+    report = evaluate(EvalOptions(models=[smollm2, twin], tasks=["passkey", "lines"], lengths=[256, 400],
+                                  samples=3, threads=2, progress=False))
+    return d, report
+
+
+def test_compare_with_itself_gives_zero_difference(self_compare):
+    from sealgguf.report import cells
+
+    _, report = self_compare
+    assert len(report["records"]) == 2 * 2 * 3
+    for r in report["records"]:
+        a, b = report["models"]
+        assert r["output"][a] == r["output"][b]
+    for c in cells(report):
+        assert c["paired"]["diff"] == 0 and c["paired"]["only_a"] == c["paired"]["only_b"] == 0
+    passkey = [r for r in report["records"] if r["task"] == "passkey"]
+    assert sum(r["correct"][report["models"][0]] for r in passkey) >= 4  # SmolLM2 finds short passkeys
+
+
+def test_report_files(self_compare):
+    from sealgguf import report as rep
+
+    d, report = self_compare
+    rep.write_json(report, d / "r.json")
+    rep.plot(report, d / "r.png")
+    rep.write_markdown(report, d / "r.md")
+    data = json.loads((d / "r.json").read_text())
+    assert len(data["records"]) == 12 and all("output" in r for r in data["records"])
+    assert (d / "r.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| passkey | 256 |" in (d / "r.md").read_text()
+
+
+def test_prefix_reuse_saves_tokens_without_changing_answers(smollm2):
+    opts = dict(models=[smollm2], tasks=["niah"], lengths=[300, 500], samples=1, depths=[0.2, 0.5, 0.8],
+                threads=2, progress=False)
+    with_reuse = evaluate(EvalOptions(**opts, reuse_prefix=True))
+    without = evaluate(EvalOptions(**opts, reuse_prefix=False))
+    lab = with_reuse["models"][0]
+    assert [r["output"][lab] for r in with_reuse["records"]] == [r["output"][lab] for r in without["records"]]
+    assert with_reuse["timing"][lab]["tokens_processed"] < without["timing"][lab]["tokens_processed"]
+
+
+def test_hf_scales_and_folded_gguf_agree(smollm2, hf_smollm2, tmp_path):
+    """Scales applied in transformers and the same scales folded into the Q4_1 GGUF give the same
+    greedy answers: tune, fold and eval describe one model."""
+    import torch
+
+    from sealgguf import scales
+    from sealgguf.eval.runner import LlamaRunner
+    from sealgguf.fold import fold_file
+    from sealgguf.tasks import get_task, make_sample
+    from sealgguf.tune.model import SealScales
+
+    lm = hf_smollm2
+    values = np.random.default_rng(5).uniform(0.6, 1.4, (30, 9)).astype(np.float32)
+    scales.save(tmp_path / "s.safetensors", values, {})
+    fold_file(smollm2, tmp_path / "s.safetensors", tmp_path / "sealed.gguf")
+    runner = LlamaRunner(tmp_path / "sealed.gguf", n_ctx=512, threads=2)
+    seal = SealScales(lm.layout, "head")
+    with torch.no_grad():
+        seal.scales.copy_(torch.from_numpy(values))
+    seal.attach(lm.model)
+    agree = 0
+    try:
+        for i, name in enumerate(["passkey", "lines", "passkey", "kv"]):
+            task = get_task(name)
+            s = make_sample(task, 900_100 + i, 300, runner.encoder.count)
+            ids = lm.encoder.prompt_ids(s)
+            assert ids == runner.encoder.prompt_ids(s)
+            out = lm.model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
+                                    attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+            hf_text = lm.encoder_decode(out[0, len(ids):]) if hasattr(lm, "encoder_decode") else None
+            hf_ids = out[0, len(ids):].tolist()
+            llama_text = runner.generate(ids, 6)
+            llama_ids = runner.encoder.encode(llama_text)
+            agree += hf_ids[: len(llama_ids)][:3] == llama_ids[:3]
+    finally:
+        seal.detach_hooks()
+        runner.close()
+    assert agree >= 3, agree
+
+
+def test_seal_end_to_end_tiny(tmp_path):
+    from sealgguf.pipeline import SealOptions, seal
+
+    out = tmp_path / "tiny.gguf"
+    report = seal(SealOptions(model="smollm2", out=out, tasks=["passkey"], length=200, samples=3, epochs=1,
+                              eval_samples=2, progress=False, threads=2))
+    for key in ("scales.safetensors", "report.json", "report.md", "report.png"):
+        assert (tmp_path / f"tiny.{key}").exists(), key
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(out), n_ctx=64, verbose=False)
+    assert llm.create_completion("Hello", max_tokens=2, temperature=0)["choices"][0]["text"] is not None
+    assert report["tune"]["samples"] == 3 and len(report["records"]) == 2

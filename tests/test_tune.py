@@ -1,0 +1,135 @@
+"""The SEAL tuner on the real SmolLM2 (dequantized from its bundled Q4_1 GGUF)."""
+
+import numpy as np
+import pytest
+import torch
+
+from sealgguf.errors import SealError
+from sealgguf.tune.data import make_examples
+from sealgguf.tune.model import SealScales, decoder_layers, disable_checkpointing, enable_checkpointing
+from sealgguf.tune.trainer import answer_loss
+
+
+@pytest.fixture
+def ids(hf_smollm2):
+    return torch.tensor([hf_smollm2.encoder.encode("The quick brown fox jumps over the lazy dog. " * 4)])
+
+
+def test_unit_scales_leave_logits_unchanged(hf_smollm2, ids):
+    model = hf_smollm2.model
+    with torch.no_grad():
+        ref = model(ids).logits
+    seal = SealScales(hf_smollm2.layout, "channel").attach(model)
+    try:
+        with torch.no_grad():
+            out = model(ids).logits
+    finally:
+        seal.detach_hooks()
+    assert torch.equal(ref, out)
+
+
+def test_head_scale_equals_scaled_o_proj_columns(hf_smollm2, ids):
+    model, d = hf_smollm2.model, hf_smollm2.layout.head_dim
+    seal = SealScales(hf_smollm2.layout, "head")
+    with torch.no_grad():
+        seal.scales[5, 2] = 0.3
+        seal.scales[20, 7] = 1.7
+    seal.attach(model)
+    try:
+        with torch.no_grad():
+            hooked = model(ids).logits
+    finally:
+        seal.detach_hooks()
+    layers = decoder_layers(model)
+    saved = {i: layers[i].self_attn.o_proj.weight.detach().clone() for i in (5, 20)}
+    try:
+        with torch.no_grad():
+            layers[5].self_attn.o_proj.weight[:, 2 * d:3 * d] *= 0.3
+            layers[20].self_attn.o_proj.weight[:, 7 * d:8 * d] *= 1.7
+            folded = model(ids).logits
+    finally:
+        with torch.no_grad():
+            for i, w in saved.items():
+                layers[i].self_attn.o_proj.weight.copy_(w)
+    torch.testing.assert_close(hooked, folded, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, hooked, atol=1e-3)  # the scale did something
+
+
+def test_only_scales_get_gradients(hf_smollm2):
+    model = hf_smollm2.model
+    ex = make_examples(["passkey"], 1, 200, hf_smollm2.encoder, "train")[0]
+    seal = SealScales(hf_smollm2.layout, "head").attach(model)
+    enable_checkpointing(model)
+    model.train()
+    try:
+        loss, _ = answer_loss(model, ex, "cpu")
+        loss.backward()
+    finally:
+        model.eval()
+        disable_checkpointing(model)
+        seal.detach_hooks()
+    assert seal.scales.grad is not None and seal.scales.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_loss_only_on_answer_tokens(hf_smollm2):
+    ex = make_examples(["lines"], 1, 300, hf_smollm2.encoder, "train")[0]
+    assert ex.n_answer == len(hf_smollm2.encoder.answer_ids(ex.sample))
+    assert ex.ids[-ex.n_answer:].tolist() == hf_smollm2.encoder.answer_ids(ex.sample)
+    loss, _ = answer_loss(hf_smollm2.model, ex, "cpu")
+    assert torch.isfinite(loss)
+
+
+def test_short_real_tuning_run(smollm2, tmp_path):
+    """A few hundred tokens, a handful of steps: the loss falls and fold accepts the file."""
+    from sealgguf import scales
+    from sealgguf.fold import fold_file
+    from sealgguf.tune import TuneOptions, run_tune
+
+    out = tmp_path / "scales.safetensors"
+    info = run_tune(TuneOptions(model=str(smollm2), out=out, tasks=["passkey"], length=256, samples=8,
+                                val_samples=2, lr=5e-2, epochs=2, progress=False))
+    losses = info["losses"]
+    assert len(losses) == 16
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    s = scales.load(out)
+    assert s.values.shape == (30, 9) and s.granularity == "head"
+    assert not np.all(s.values == 1.0)
+    for k in ("task", "length", "samples", "lr", "epochs", "seed", "arch", "source_sha256", "rope_scaling"):
+        assert k in s.metadata
+    res = fold_file(smollm2, out, tmp_path / "sealed.gguf")
+    assert res.blocks("blocks_requantized") == 0
+
+
+def test_length_beyond_context_needs_rope(smollm2, tmp_path):
+    from sealgguf.tune import TuneOptions, run_tune
+
+    with pytest.raises(SealError, match="exceeds the model's context of 8192"):
+        run_tune(TuneOptions(model=str(smollm2), out=tmp_path / "x.safetensors", length=9000, samples=1,
+                             progress=False))
+
+
+def test_bad_options(tmp_path):
+    from sealgguf.tune import TuneOptions, run_tune
+
+    with pytest.raises(SealError, match="unknown task"):
+        run_tune(TuneOptions(model="smollm2", out=tmp_path / "x", tasks=["nope"]))
+    with pytest.raises(SealError, match="granularity"):
+        run_tune(TuneOptions(model="smollm2", out=tmp_path / "x", granularity="layer"))
+
+
+def test_rope_spec_needs_a_factor(hf_smollm2):
+    from sealgguf.tune.model import rope_spec
+
+    with pytest.raises(SealError, match="rope-factor"):
+        rope_spec("yarn", 1.0, hf_smollm2.layout, 8192)
+    assert rope_spec("linear", 2.0, hf_smollm2.layout, 8192)["factor"] == 2.0
+
+
+def test_linear_rope_divides_frequencies(smollm2, hf_smollm2):
+    from sealgguf.tune.model import load
+
+    scaled = load(smollm2, "cpu", ("linear", 2.0)).model.model.rotary_emb.inv_freq
+    base = hf_smollm2.model.model.rotary_emb.inv_freq
+    torch.testing.assert_close(scaled, base / 2.0)
