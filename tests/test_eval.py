@@ -107,7 +107,6 @@ def test_hf_scales_and_folded_gguf_agree(smollm2, hf_smollm2, tmp_path):
             assert ids == runner.encoder.prompt_ids(s)
             out = lm.model.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
                                     attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-            hf_text = lm.encoder_decode(out[0, len(ids):]) if hasattr(lm, "encoder_decode") else None
             hf_ids = out[0, len(ids):].tolist()
             llama_text = runner.generate(ids, 6)
             llama_ids = runner.encoder.encode(llama_text)

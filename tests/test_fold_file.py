@@ -133,3 +133,24 @@ def test_zeroed_head_matches_transformers(smollm2, hf_smollm2, tmp_path):
     assert int(np.argmax(hf_logits)) == int(np.argmax(llama_logits))
     top = np.argsort(-hf_logits)[:5]
     assert np.corrcoef(hf_logits[top], llama_logits[top])[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("kind", ["linear", "yarn", "ntk"])
+def test_rope_scaling_from_tuning_goes_into_metadata(smollm2, tmp_path, kind):
+    import json
+
+    from llama_cpp import Llama
+
+    spec = {"type": kind, "factor": 2.0, "original_context_length": 8192, "head_dim": 64}
+    scales.save(tmp_path / "s.safetensors", np.ones((30, 9), np.float32), {"rope_scaling": json.dumps(spec)})
+    fold_file(smollm2, tmp_path / "s.safetensors", tmp_path / "r.gguf")
+    f = open_gguf(tmp_path / "r.gguf")
+    assert f.value("llama.context_length") == 16384
+    if kind == "ntk":
+        assert f.value("llama.rope.freq_base") == pytest.approx(100000.0 * 2.0 ** (64 / 62), rel=1e-5)
+    else:
+        assert f.value("llama.rope.scaling.type") == kind
+        assert f.value("llama.rope.scaling.factor") == 2.0
+        assert f.value("llama.rope.scaling.original_context_length") == 8192
+    llm = Llama(model_path=str(tmp_path / "r.gguf"), n_ctx=64, verbose=False)
+    assert llm.create_completion("Hi", max_tokens=2, temperature=0)["choices"][0]["text"] is not None

@@ -133,3 +133,41 @@ def test_linear_rope_divides_frequencies(smollm2, hf_smollm2):
     scaled = load(smollm2, "cpu", ("linear", 2.0)).model.model.rotary_emb.inv_freq
     base = hf_smollm2.model.model.rotary_emb.inv_freq
     torch.testing.assert_close(scaled, base / 2.0)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "gemma3_text"])
+def test_gqa_families_tiny_random(family):
+    """Families without a bundled model: tiny random-weight configs (nothing downloaded)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sealgguf.tune.model import head_layout
+
+    cfg = AutoConfig.for_model(family, vocab_size=128, hidden_size=64, intermediate_size=128,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                               max_position_embeddings=256)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    layout = head_layout(model.config)
+    assert (layout.n_layer, layout.n_head, layout.n_head_kv, layout.head_dim) == (2, 4, 2, 16)
+    x = torch.randint(0, 128, (1, 12))
+    with torch.no_grad():
+        ref = model(x).logits
+    seal = SealScales(layout, "channel").attach(model)
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, ref)
+        seal.scales[1, 3] = 0.0
+        hooked = model(x).logits
+    seal.detach_hooks()
+    o = decoder_layers(model)[1].self_attn.o_proj
+    with torch.no_grad():
+        o.weight[:, 3 * 16:4 * 16] = 0
+        torch.testing.assert_close(model(x).logits, hooked)
+
+
+def test_unsupported_architecture():
+    from transformers import AutoConfig
+
+    from sealgguf.tune.model import head_layout
+
+    with pytest.raises(SealError, match="architecture 'gpt2' is not supported"):
+        head_layout(AutoConfig.for_model("gpt2"))

@@ -57,6 +57,10 @@ def evaluate(opt: EvalOptions) -> dict:
                                     "n_tokens": s.n_tokens, "expected": s.expected, "sample": s,
                                     "output": {}, "correct": {}})
 
+    if opt.reuse_prefix:
+        # Prompts of one seed share their text up to the needle: order them by the needle's absolute
+        # position, so each prompt reuses the previous one's KV cache up to that point.
+        records.sort(key=lambda r: (r["task"], r["seed"], (r["sample"].meta.get("depth") or 0.0) * r["n_tokens"]))
     timing = {}
     for label, runner in zip(labels, runners):
         t0 = time.time()

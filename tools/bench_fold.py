@@ -1,0 +1,120 @@
+"""Benchmark the fold engine.
+
+1. Per block type: C++ fold throughput (requantizing every block: per-channel scales, and the exact
+   per-head path) vs gguf-py's numpy path (dequantize, scale, quantize) where gguf-py can quantize.
+2. Whole file: `fold_file` vs a plain copy of the same file, side by side in one run, and the peak
+   memory of a fold in a child process.
+
+    .venv/bin/python tools/bench_fold.py [--model smollm2|gemma3|PATH] [--rows 1024] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12,
+         "Q5_K": 13, "Q6_K": 14}
+
+
+def best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_types(rows: int, cols: int, repeat: int) -> None:
+    import gguf
+    from gguf import quants
+
+    from sealgguf import _core
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+    per_channel = rng.uniform(0.5, 1.5, cols).astype(np.float32)
+    per_head = np.repeat(rng.uniform(0.5, 1.5, cols // 256), 256).astype(np.float32)
+    n = rows * cols
+    print(f"fold of one {rows} x {cols} tensor ({os.cpu_count()} cores); Mvalues/s, best of {repeat}")
+    print(f"{'type':6s} {'C++ requant':>12s} {'C++ 1 thread':>13s} {'C++ exact':>10s} {'numpy':>9s} {'speed-up':>9s}")
+    for name, t in TYPES.items():
+        raw = _core.quantize(x, t)
+        req = best(lambda: _core.fold(raw, t, cols, per_channel), repeat)
+        one = best(lambda: _core.fold(raw, t, cols, per_channel, 1), repeat)
+        exact = best(lambda: _core.fold(raw, t, cols, per_head), repeat)
+        qt = gguf.GGMLQuantizationType[name]
+
+        def numpy_fold():
+            deq = quants.dequantize(raw, qt)
+            return quants.quantize(deq * per_channel, qt)
+
+        try:
+            np_t = best(numpy_fold, 1)
+            np_s, ratio = f"{n / np_t / 1e6:9.2f}", f"{np_t / req:8.1f}x"
+        except NotImplementedError:
+            np_s, ratio = f"{'n/a':>9s}", f"{'-':>9s}"
+        print(f"{name:6s} {n / req / 1e6:12.2f} {n / one / 1e6:13.2f} {n / exact / 1e6:10.2f} {np_s} {ratio}")
+
+
+def bench_file(model: Path, repeat: int) -> None:
+    from sealgguf import scales
+    from sealgguf.fold import fold_file, open_gguf, read_layout
+
+    layout = read_layout(open_gguf(model), model)
+    size = model.stat().st_size
+    with tempfile.TemporaryDirectory(dir=Path(model).parent if os.access(model.parent, os.W_OK) else None) as d:
+        d = Path(d)
+        rng = np.random.default_rng(0)
+        for gran, shape in (("head", (layout.n_layer, layout.n_head)),
+                            ("channel", (layout.n_layer, layout.n_head, layout.head_dim))):
+            sp = d / f"{gran}.safetensors"
+            scales.save(sp, rng.uniform(0.5, 1.5, shape).astype(np.float32), {})
+            copy_t, fold_t = [], []
+            for _ in range(repeat):  # interleaved, so both see the same page cache and machine load
+                t0 = time.perf_counter()
+                shutil.copyfile(model, d / "copy.gguf")
+                copy_t.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                fold_file(model, sp, d / "sealed.gguf")
+                fold_t.append(time.perf_counter() - t0)
+                os.unlink(d / "copy.gguf")
+                os.unlink(d / "sealed.gguf")
+            c, f = statistics.median(copy_t), statistics.median(fold_t)
+            child = subprocess.run([sys.executable, "-c", (
+                "import resource,sys;from sealgguf.fold import fold_file;"
+                f"fold_file({str(model)!r},{str(sp)!r},{str(d / 'm.gguf')!r});"
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")],
+                capture_output=True, text=True, check=True)
+            rss_mb = int(child.stdout.strip()) / 1024
+            print(f"{model.name} ({size / 2**20:.0f} MiB), {gran} scales: copy {c:.3f} s, fold {f:.3f} s "
+                  f"-> {f / c:.2f}x copy (median of {repeat}); peak RSS of a fold process {rss_mb:.0f} MiB")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", help="GGUF file or bundled name (repeatable)")
+    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--cols", type=int, default=2048)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    from sealgguf.models import resolve
+
+    bench_types(args.rows, args.cols, args.repeat)
+    print()
+    for m in args.model or ["smollm2", "gemma3"]:
+        bench_file(resolve(m), args.repeat)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Benchmark a SEAL tuning step against a forward pass on the same sample, and its memory.
+
+For each length (one child process per length, so peak memory is its own): tokens/s of a no-grad
+forward pass and of a tuning step (forward + backward to the scales), with and without activation
+checkpointing, and the peak memory above the loaded model (CPU: VmHWM; CUDA: max_memory_allocated).
+
+    .venv/bin/python tools/bench_tune.py [--model smollm2] [--lengths 1024,2048,4096] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+
+def _rss_mb(field: str) -> float:
+    for line in open("/proc/self/status"):
+        if line.startswith(field):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def measure(model: str, length: int, device: str, repeat: int) -> dict:
+    import torch
+    from transformers.utils import logging
+
+    from sealgguf.models import resolve
+    from sealgguf.tune import pick_device
+    from sealgguf.tune.data import make_examples
+    from sealgguf.tune.model import SealScales, disable_checkpointing, enable_checkpointing, load
+    from sealgguf.tune.trainer import answer_loss
+
+    logging.disable_progress_bar()
+    device = pick_device(device)
+    lm = load(resolve(model), device)
+    ex = make_examples(["lines"], 1, length, lm.encoder, "train")[0]
+    seal = SealScales(lm.layout, "head").to(device).attach(lm.model)
+    cuda = device.startswith("cuda")
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    def reset_peak():
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return torch.cuda.memory_allocated() / 2**20
+        open("/proc/self/clear_refs", "w").write("5")  # resets VmHWM to the current RSS
+        return _rss_mb("VmRSS")
+
+    def peak(base):
+        return (torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb("VmHWM")) - base
+
+    def timed(fn):
+        fn()  # warm-up
+        sync()
+        ts = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    def forward():
+        with torch.no_grad():
+            answer_loss(lm.model, ex, device)
+
+    def step():
+        loss, _ = answer_loss(lm.model, ex, device)
+        loss.backward()
+        seal.scales.grad = None
+
+    out = {"length": int(ex.ids.numel()), "device": device}
+    lm.model.eval()
+    base = reset_peak()
+    out["forward_s"] = timed(forward)
+    out["forward_peak_mb"] = peak(base)
+    for ck in (False, True):
+        if ck:
+            enable_checkpointing(lm.model)
+        lm.model.train()
+        base = reset_peak()
+        out[f"step_s_ckpt{int(ck)}"] = timed(step)
+        out[f"step_peak_mb_ckpt{int(ck)}"] = peak(base)
+        lm.model.eval()
+        if ck:
+            disable_checkpointing(lm.model)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--lengths", default="1024,2048,4096")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.model, args.child, args.device, args.repeat)))
+        return
+    print(f"{'tokens':>6s} {'device':>6s} {'fwd tok/s':>10s} {'step tok/s':>11s} {'step/fwd':>9s} "
+          f"{'step/fwd ckpt':>14s} {'peak MiB fwd':>13s} {'step':>7s} {'step ckpt':>10s}")
+    for length in (int(x) for x in args.lengths.split(",")):
+        r = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device,
+                            "--repeat", str(args.repeat), "--child", str(length)],
+                           capture_output=True, text=True, check=True)
+        m = json.loads(r.stdout.strip().splitlines()[-1])
+        n = m["length"]
+        print(f"{n:6d} {m['device']:>6s} {n / m['forward_s']:10.0f} {n / m['step_s_ckpt1']:11.0f} "
+              f"{m['step_s_ckpt0'] / m['forward_s']:9.2f} {m['step_s_ckpt1'] / m['forward_s']:14.2f} "
+              f"{m['forward_peak_mb']:13.0f} {m['step_peak_mb_ckpt0']:7.0f} {m['step_peak_mb_ckpt1']:10.0f}",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
