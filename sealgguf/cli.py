@@ -179,7 +179,7 @@ def cmd_tune(args) -> int:
         grad_accum=args.grad_accum, seed=args.seed, device=args.device, rope_scaling=args.rope_scaling,
         rope_factor=args.rope_factor, checkpointing=not args.no_checkpointing,
         checkpoint_every=args.checkpoint_every, resume=args.resume, progress=args.progress))
-    print(f"wrote {args.output}: {info['granularity'] if 'granularity' in info else args.granularity} scales "
+    print(f"wrote {args.output}: {args.granularity} scales "
           f"{info['scale_min']:.3f}..{info['scale_max']:.3f}; loss {info['loss_first']:.3f} -> "
           f"{info['loss_last10']:.3f} (last 10); validation exact match {info['val_exact_match_before']:.2f} -> "
           f"{info['val_exact_match_after']:.2f}; {info['seconds']} s on {info['device']}")

@@ -37,8 +37,11 @@ def _gemma3() -> Path:
     found = sorted(folder.rglob("*.gguf"))
     if found:
         return found[0]
-    path = pkg.assemble()  # joins the four part-wheels into one file, once
-    return Path(path)
+    target = Path(pkg.default_output_path())
+    expected_size = sum(p.stat().st_size for p in pkg.chunk_paths())
+    if target.is_file() and target.stat().st_size == expected_size:
+        return target  # assembled (and hash-checked) by an earlier call
+    return Path(pkg.assemble())  # joins the four part-wheels into one file and checks its hash
 
 
 def resolve(model: str) -> Path:

@@ -59,6 +59,9 @@ def test_fold_random_scales(model, granularity, tmp_path):
     added = set(out.fields) - set(src.fields)
     assert {"seal.granularity", "seal.version", "seal.scales_sha256", "seal.source_sha256"} <= added
     assert out.value("seal.granularity") == granularity
+    from sealgguf.fsutil import sha256_file
+
+    assert out.value("seal.source_sha256") == sha256_file(path)  # patched in after the copy
 
 
 def test_metadata_kept_per_gguf_py(smollm2, tmp_path):

@@ -1,8 +1,9 @@
 """Benchmark a SEAL tuning step against a forward pass on the same sample, and its memory.
 
-For each length (one child process per length, so peak memory is its own): tokens/s of a no-grad
-forward pass and of a tuning step (forward + backward to the scales), with and without activation
-checkpointing, and the peak memory above the loaded model (CPU: VmHWM; CUDA: max_memory_allocated).
+For each length and mode (one child process each, so peak memory is its own: freed pages stay with
+the process): tokens/s of a no-grad forward pass and of a tuning step (forward + backward to the
+scales), with and without activation checkpointing, and the peak memory above the loaded model
+(CPU: VmHWM after a reset of the high-water mark; CUDA: max_memory_allocated).
 
     .venv/bin/python tools/bench_tune.py [--model smollm2] [--lengths 1024,2048,4096] [--device auto]
 """
@@ -23,14 +24,14 @@ def _rss_mb(field: str) -> float:
     return float("nan")
 
 
-def measure(model: str, length: int, device: str, repeat: int) -> dict:
+def measure(model: str, length: int, device: str, repeat: int, ckpt: bool) -> dict:
     import torch
     from transformers.utils import logging
 
     from sealgguf.models import resolve
     from sealgguf.tune import pick_device
     from sealgguf.tune.data import make_examples
-    from sealgguf.tune.model import SealScales, disable_checkpointing, enable_checkpointing, load
+    from sealgguf.tune.model import SealScales, enable_checkpointing, load
     from sealgguf.tune.trainer import answer_loss
 
     logging.disable_progress_bar()
@@ -79,16 +80,13 @@ def measure(model: str, length: int, device: str, repeat: int) -> dict:
     base = reset_peak()
     out["forward_s"] = timed(forward)
     out["forward_peak_mb"] = peak(base)
-    for ck in (False, True):
-        if ck:
-            enable_checkpointing(lm.model)
-        lm.model.train()
-        base = reset_peak()
-        out[f"step_s_ckpt{int(ck)}"] = timed(step)
-        out[f"step_peak_mb_ckpt{int(ck)}"] = peak(base)
-        lm.model.eval()
-        if ck:
-            disable_checkpointing(lm.model)
+    if ckpt:
+        enable_checkpointing(lm.model)
+    lm.model.train()
+    base = reset_peak()
+    out["step_s"] = timed(step)
+    out["step_peak_mb"] = peak(base)
+    lm.model.eval()
     return out
 
 
@@ -99,21 +97,24 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--ckpt", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(measure(args.model, args.child, args.device, args.repeat)))
+        print(json.dumps(measure(args.model, args.child, args.device, args.repeat, bool(args.ckpt))))
         return
     print(f"{'tokens':>6s} {'device':>6s} {'fwd tok/s':>10s} {'step tok/s':>11s} {'step/fwd':>9s} "
           f"{'step/fwd ckpt':>14s} {'peak MiB fwd':>13s} {'step':>7s} {'step ckpt':>10s}")
     for length in (int(x) for x in args.lengths.split(",")):
-        r = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device,
-                            "--repeat", str(args.repeat), "--child", str(length)],
-                           capture_output=True, text=True, check=True)
-        m = json.loads(r.stdout.strip().splitlines()[-1])
-        n = m["length"]
-        print(f"{n:6d} {m['device']:>6s} {n / m['forward_s']:10.0f} {n / m['step_s_ckpt1']:11.0f} "
-              f"{m['step_s_ckpt0'] / m['forward_s']:9.2f} {m['step_s_ckpt1'] / m['forward_s']:14.2f} "
-              f"{m['forward_peak_mb']:13.0f} {m['step_peak_mb_ckpt0']:7.0f} {m['step_peak_mb_ckpt1']:10.0f}",
+        m = {}
+        for ckpt in (0, 1):
+            r = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device,
+                                "--repeat", str(args.repeat), "--child", str(length), "--ckpt", str(ckpt)],
+                               capture_output=True, text=True, check=True)
+            m[ckpt] = json.loads(r.stdout.strip().splitlines()[-1])
+        n, fwd = m[0]["length"], m[0]["forward_s"]
+        print(f"{n:6d} {m[0]['device']:>6s} {n / fwd:10.0f} {n / m[1]['step_s']:11.0f} "
+              f"{m[0]['step_s'] / fwd:9.2f} {m[1]['step_s'] / fwd:14.2f} "
+              f"{m[0]['forward_peak_mb']:13.0f} {m[0]['step_peak_mb']:7.0f} {m[1]['step_peak_mb']:10.0f}",
               flush=True)
 
 

@@ -4,6 +4,8 @@ blk.N.attn_output.weight in the tensor's own quant type.
 Folding never changes a tensor's size, so the tensor table and every tensor offset stay valid.
 The output is the input's header with seal.* keys added, its tensor table copied byte for byte,
 and its data section copied in-kernel (copy_file_range) with the folded tensors written in place.
+The SHA-256 of the input is computed in a thread while the rest runs; its 64 hex characters are
+written into a placeholder in the header at the end (the value has a fixed length).
 Memory stays O(largest folded tensor); the output appears only when complete (temporary file +
 rename); inputs are opened read-only.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -90,12 +93,24 @@ def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
 
 def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str | os.PathLike,
               threads: int = 0, progress: bool = False) -> FoldResult:
-    import gguf
-    from tqdm import tqdm
-
     model, out = Path(model), Path(out)
     if out.exists() and out.resolve() == model.resolve():
         raise SealError(f"{out}: output would overwrite the input model; choose another -o path")
+    pool = ThreadPoolExecutor(max_workers=1)
+    source_hash = pool.submit(sha256_file, model)  # hashlib releases the GIL: runs beside the work below
+    try:
+        return _fold_file(model, scales_path, out, threads, progress, source_hash)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+HASH_PLACEHOLDER = "0" * 64
+
+
+def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool, source_hash) -> FoldResult:
+    import gguf
+    from tqdm import tqdm
+
     src = GGUFFile(model)
     layout = read_layout(src, model)
     scales = load_scales(scales_path)
@@ -114,9 +129,9 @@ def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str
         "seal.version": (__version__, V.STRING),
         "seal.granularity": (scales.granularity, V.STRING),
         "seal.scales_sha256": (sha256_file(scales_path), V.STRING),
-        "seal.source_sha256": (scales.metadata.get("source_sha256") or sha256_file(model), V.STRING),
+        "seal.source_sha256": (HASH_PLACEHOLDER, V.STRING),
     })
-    for k in ("task", "length", "samples", "lr", "epochs", "seed", "rope_scaling"):
+    for k in ("task", "length", "samples", "lr", "epochs", "seed", "rope_scaling", "source_sha256"):
         if scales.metadata.get(k):
             new_keys[f"seal.tune.{k}"] = (scales.metadata[k], V.STRING)
     for name, rmse in result.rel_rmse_by_type().items():
@@ -124,21 +139,23 @@ def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str
     new_keys["seal.fold.blocks_requantized"] = (result.blocks("blocks_requantized"), V.UINT64)
 
     # Header: kept records byte for byte (in order), replaced ones re-packed in place, new ones last.
-    records: list[bytes | memoryview] = []
+    records: list[tuple[str, bytes | memoryview]] = []
     for name, f in src.fields.items():
         if name.startswith("seal.") and name not in new_keys:
             continue  # seal.* keys of an earlier fold describe scales that are no longer the latest
         if name in new_keys:
-            records.append(pack_kv(name, *new_keys.pop(name)))
+            records.append((name, pack_kv(name, *new_keys.pop(name))))
         else:
-            records.append(src.raw(f.start, f.end))
-    records += [pack_kv(k, v, t) for k, (v, t) in new_keys.items()]
+            records.append((name, src.raw(f.start, f.end)))
+    records += [(k, pack_kv(k, v, t)) for k, (v, t) in new_keys.items()]
     head = struct.pack("<4sIQQ", b"GGUF", src.version, len(src.tensors), len(records))
 
     with atomic_output(out) as tmp, open(model, "rb") as fin, open(tmp, "wb") as fout:
         fout.write(head)
-        for r in records:
+        for name, r in records:
             fout.write(r)
+            if name == "seal.source_sha256":
+                hash_at = fout.tell() - len(HASH_PLACEHOLDER)  # the string value ends the record
         fout.write(src.raw(src.kv_end, src.ti_end))  # tensor table: offsets are relative, sizes unchanged
         pos = fout.tell()
         fout.write(b"\0" * (-pos % src.alignment))
@@ -150,4 +167,5 @@ def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str
             os.write(fout.fileno(), folded[t.name].tobytes())
             cursor = start + t.n_bytes
         _copy_range(fin.fileno(), fout.fileno(), cursor, src.size)
+        os.pwrite(fout.fileno(), source_hash.result().encode("ascii"), hash_at)
     return result
