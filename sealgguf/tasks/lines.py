@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from sealgguf.tasks.base import Sample, last_integer
-from sealgguf.tasks.words import word_list
+from sealgguf.tasks.words import unique_keys
 
 HEADER = (
     "Below is a record of lines I want you to remember. Each line begins with 'line <line index>' and "
@@ -20,14 +20,7 @@ class LinesTask:
     max_answer_tokens = 12
 
     def build(self, rng: random.Random, size: int, depth: float | None = None) -> Sample:
-        adjectives, nouns = word_list("adjective"), word_list("noun")
-        keys: list[str] = []
-        seen: set[str] = set()
-        while len(keys) < size:
-            key = f"{rng.choice(adjectives)}-{rng.choice(nouns)}"
-            if key not in seen:
-                seen.add(key)
-                keys.append(key)
+        keys = unique_keys(rng, size)
         values = [rng.randint(1, 50000) for _ in keys]
         pick = rng.randrange(size) if depth is None else min(size - 1, int(depth * size))
         record = "".join(f"line {k}: REGISTER_CONTENT is <{v}>\n" for k, v in zip(keys, values))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from sealgguf.tasks.base import Sample, last_integer
-from sealgguf.tasks.words import essay_sentences, word_list
+from sealgguf.tasks.words import essay_sentences, unique_keys
 
 N_KEYS = 4
 
@@ -15,12 +15,7 @@ class MultikeyTask:
     max_answer_tokens = 16
 
     def build(self, rng: random.Random, size: int, depth: float | None = None) -> Sample:
-        adjectives, nouns = word_list("adjective"), word_list("noun")
-        keys: list[str] = []
-        while len(keys) < N_KEYS:
-            k = f"{rng.choice(adjectives)}-{rng.choice(nouns)}"
-            if k not in keys:
-                keys.append(k)
+        keys = unique_keys(rng, N_KEYS)
         values = [rng.randint(1_000_000, 9_999_999) for _ in keys]
         sentences = essay_sentences()
         start = rng.randrange(len(sentences))

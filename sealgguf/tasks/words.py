@@ -37,3 +37,16 @@ def essay_sentences() -> tuple[str, ...]:
     text = " ".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
     text = re.sub(r"\s+", " ", text)
     return tuple(s.strip() for s in re.split(r"(?<=[.!?]) (?=[A-Z])", text) if s.strip())
+
+
+def unique_keys(rng, n: int) -> list[str]:
+    """n distinct `adjective-noun` keys (LongEval's line keys), drawn in order from `rng`."""
+    adjectives, nouns = word_list("adjective"), word_list("noun")
+    keys: list[str] = []
+    seen: set[str] = set()
+    while len(keys) < n:
+        key = f"{rng.choice(adjectives)}-{rng.choice(nouns)}"
+        if key not in seen:
+            seen.add(key)
+            keys.append(key)
+    return keys

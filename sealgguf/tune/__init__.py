@@ -85,7 +85,7 @@ def run_tune(opt: TuneOptions) -> dict:
     meta = {
         "task": ",".join(opt.tasks), "length": opt.length, "mean_tokens": round(sum(lengths) / len(lengths), 1),
         "samples": opt.samples, "lr": lr, "epochs": opt.epochs, "grad_accum": opt.grad_accum, "seed": opt.seed,
-        "rope_scaling": lm.model.seal_rope_spec, "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
+        "rope_scaling": lm.rope_spec, "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
         "device": device, "seconds": round(time.time() - t0, 1),

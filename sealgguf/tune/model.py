@@ -124,6 +124,7 @@ class LoadedModel:
     encoder: PromptEncoder
     source: Path
     is_gguf: bool
+    rope_spec: str  # JSON of the rope scaling applied during tuning, "" for none
 
 
 def load(model_path: Path, device: str, rope: tuple[str, float] = ("none", 0.0)) -> LoadedModel:
@@ -161,8 +162,7 @@ def load(model_path: Path, device: str, rope: tuple[str, float] = ("none", 0.0))
         bos_id=tok.bos_token_id if add_bos and tok.bos_token_id is not None else None,
         chat_template=getattr(tok, "chat_template", None), bos_text=tok.bos_token or "",
     )
-    model.seal_rope_spec = json.dumps(spec) if spec else ""
-    return LoadedModel(model, layout, encoder, model_path, is_gguf)
+    return LoadedModel(model, layout, encoder, model_path, is_gguf, json.dumps(spec) if spec else "")
 
 
 def enable_checkpointing(model: nn.Module) -> None:
