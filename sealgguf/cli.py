@@ -43,6 +43,9 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, default=None, help="AdamW learning rate, constant (default 1e-2 head, "
                    "2e-2 channel: the key knob)")
     g.add_argument("--epochs", type=int, default=1, help="passes over the samples (default 1)")
+    g.add_argument("--keep", type=float, default=0.0, help="knowledge keeping: add KEEP x KL(baseline || sealed) "
+                   "on plain essay text to the loss; costs a 256-token forward+backward per step (default 0: "
+                   "the paper's loss)")
     g.add_argument("--seed", type=int, default=0, help="seed for samples and order (default 0)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
     _add_rope_args(p)
@@ -89,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="measure retrieval in llama.cpp, optionally against a second model",
                        description="Greedy decoding after each task's answer prefix, the same samples for "
-                                   "every model; paired differences with 95%% intervals.")
+                                   "every model; paired differences with 95% intervals.")
     p.add_argument("model", help="GGUF file or bundled name")
     p.add_argument("--compare", help="second GGUF scored on the same samples")
     p.add_argument("--task", default="lines", help="comma-separated tasks (default lines)")
@@ -115,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-samples", type=int, default=30, help="held-out samples per cell (default 30)")
     p.add_argument("--eval-lengths", help="comma-separated eval lengths (default: the tuning length)")
     p.add_argument("--eval-task", help="comma-separated eval tasks (default: the tuning tasks)")
+    p.add_argument("--ppl-windows", type=int, default=4, help="knowledge check: perplexity and KL over N windows "
+                   "of 512 essay tokens (default 4; 0 skips)")
     p.add_argument("--threads", type=int, default=None)
 
     p = sub.add_parser("demo", help="seal the bundled SmolLM2 on line retrieval (~15 min on 2 CPU cores)")
@@ -176,7 +181,8 @@ def cmd_tune(args) -> int:
     info = run_tune(TuneOptions(
         model=args.model, out=Path(args.output), tasks=args.task.split(","), granularity=args.granularity,
         length=args.length, samples=args.samples, val_samples=args.val_samples, lr=args.lr, epochs=args.epochs,
-        grad_accum=args.grad_accum, seed=args.seed, device=args.device, rope_scaling=args.rope_scaling,
+        grad_accum=args.grad_accum, keep=args.keep, seed=args.seed, device=args.device,
+        rope_scaling=args.rope_scaling,
         rope_factor=args.rope_factor, checkpointing=not args.no_checkpointing,
         checkpoint_every=args.checkpoint_every, resume=args.resume, progress=args.progress))
     print(f"wrote {args.output}: {args.granularity} scales "
@@ -213,11 +219,12 @@ def cmd_seal(args) -> int:
 
     report = seal(SealOptions(
         model=args.model, out=Path(args.output), tasks=args.task.split(","), granularity=args.granularity,
-        length=args.length, samples=args.samples, lr=args.lr, epochs=args.epochs, eval_samples=args.eval_samples,
+        length=args.length, samples=args.samples, lr=args.lr, epochs=args.epochs, keep=args.keep,
+        eval_samples=args.eval_samples,
         eval_lengths=_ints(args.eval_lengths) if args.eval_lengths else None,
         eval_tasks=args.eval_task.split(",") if args.eval_task else None, rope_scaling=args.rope_scaling,
         rope_factor=args.rope_factor, device=args.device, threads=args.threads, seed=args.seed,
-        progress=args.progress))
+        ppl_windows=args.ppl_windows, progress=args.progress))
     _print_seal(report)
     return 0
 

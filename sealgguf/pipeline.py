@@ -20,9 +20,11 @@ class SealOptions:
     samples: int = 50
     lr: float | None = None
     epochs: int = 1
+    keep: float = 0.0
     eval_samples: int = 30
     eval_lengths: list[int] | None = None   # default: the tuning length
     eval_tasks: list[str] | None = None     # default: the tuning tasks
+    ppl_windows: int = 4                    # knowledge check: perplexity/KL on 4 x 512 essay tokens (0 = skip)
     rope_scaling: str = "none"
     rope_factor: float = 0.0
     device: str = "auto"
@@ -49,15 +51,15 @@ def seal(opt: SealOptions) -> dict:
     paths = report_paths(opt.out)
     tune_info = run_tune(TuneOptions(
         model=str(model_path), out=paths["scales.safetensors"], tasks=opt.tasks, granularity=opt.granularity,
-        length=opt.length, samples=opt.samples, lr=opt.lr, epochs=opt.epochs, seed=opt.seed, device=opt.device,
-        rope_scaling=opt.rope_scaling, rope_factor=opt.rope_factor, progress=opt.progress))
+        length=opt.length, samples=opt.samples, lr=opt.lr, epochs=opt.epochs, keep=opt.keep, seed=opt.seed,
+        device=opt.device, rope_scaling=opt.rope_scaling, rope_factor=opt.rope_factor, progress=opt.progress))
     folded = fold_file(model_path, paths["scales.safetensors"], opt.out, threads=opt.threads or 0,
                        progress=opt.progress)
     rope = RopeOptions(opt.rope_scaling, opt.rope_factor or 1.0)
     report = evaluate(EvalOptions(
         models=[model_path, opt.out], tasks=opt.eval_tasks or opt.tasks,
         lengths=opt.eval_lengths or [opt.length], samples=opt.eval_samples, rope=rope, threads=opt.threads,
-        seed=opt.seed, progress=opt.progress))
+        ppl_windows=opt.ppl_windows, seed=opt.seed, progress=opt.progress))
     report["tune"] = {k: v for k, v in tune_info.items() if k != "losses"}
     report["tune"]["losses"] = [round(x, 4) for x in tune_info["losses"]]
     report["fold"] = {"rel_rmse_by_type": folded.rel_rmse_by_type(),

@@ -122,7 +122,8 @@ def test_seal_end_to_end_tiny(tmp_path):
 
     out = tmp_path / "tiny.gguf"
     report = seal(SealOptions(model="smollm2", out=out, tasks=["passkey"], length=200, samples=3, epochs=1,
-                              eval_samples=2, progress=False, threads=2))
+                              eval_samples=2, ppl_windows=1, progress=False, threads=2))
+    assert report["knowledge"]["tokens"] == 511 and report["knowledge"]["mean_kl"] >= 0
     for key in ("scales.safetensors", "report.json", "report.md", "report.png"):
         assert (tmp_path / f"tiny.{key}").exists(), key
     from llama_cpp import Llama

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from sealgguf.errors import SealError
-from sealgguf.tune.data import make_examples
+from sealgguf.tune.data import anchor_windows, make_examples
 from sealgguf.tune.model import SealScales, decoder_layers, disable_checkpointing, enable_checkpointing
-from sealgguf.tune.trainer import answer_loss
+from sealgguf.tune.trainer import anchor_kl, answer_loss, validate
 
 
 @pytest.fixture
@@ -56,6 +56,30 @@ def test_head_scale_equals_scaled_o_proj_columns(hf_smollm2, ids):
         assert not torch.allclose(model(ids).logits, hooked, atol=1e-3)  # the scale did something
 
 
+def test_knowledge_term_is_kl_to_the_unscaled_model(hf_smollm2):
+    """KL(baseline || sealed) on essay text: zero at unit scales, positive and differentiable otherwise."""
+    model = hf_smollm2.model
+    window = anchor_windows(hf_smollm2.encoder, 2, window=64)[1]
+    assert window.numel() == 64
+    seal = SealScales(hf_smollm2.layout, "head").attach(model)
+    try:
+        assert anchor_kl(model, seal, window, "cpu").item() == pytest.approx(0.0, abs=1e-6)
+        with torch.no_grad():
+            seal.scales[3] = 0.5
+        kl = anchor_kl(model, seal, window, "cpu")
+        kl.backward()
+        with torch.no_grad(), seal.bypassed():
+            bypassed = model(window[None]).logits
+        with torch.no_grad():
+            plain = model(window[None]).logits
+    finally:
+        seal.detach_hooks()
+    assert kl.item() > 1e-4 and seal.scales.grad[3].abs().sum() > 0
+    with torch.no_grad():
+        assert torch.equal(bypassed, model(window[None]).logits)  # bypassed == no hooks at all
+    assert not torch.allclose(plain, bypassed, atol=1e-3)
+
+
 def test_only_scales_get_gradients(hf_smollm2):
     model = hf_smollm2.model
     ex = make_examples(["passkey"], 1, 200, hf_smollm2.encoder, "train")[0]
@@ -77,8 +101,10 @@ def test_loss_only_on_answer_tokens(hf_smollm2):
     ex = make_examples(["lines"], 1, 300, hf_smollm2.encoder, "train")[0]
     assert ex.n_answer == len(hf_smollm2.encoder.answer_ids(ex.sample))
     assert ex.ids[-ex.n_answer:].tolist() == hf_smollm2.encoder.answer_ids(ex.sample)
-    loss, _ = answer_loss(hf_smollm2.model, ex, "cpu")
+    loss, hit = answer_loss(hf_smollm2.model, ex, "cpu")
     assert torch.isfinite(loss)
+    em, mean_loss = validate(hf_smollm2.model, [ex, ex], "cpu")
+    assert em == float(hit) and mean_loss == pytest.approx(loss.item(), rel=1e-5)
 
 
 def test_short_real_tuning_run(smollm2, tmp_path):
@@ -96,7 +122,9 @@ def test_short_real_tuning_run(smollm2, tmp_path):
     s = scales.load(out)
     assert s.values.shape == (30, 9) and s.granularity == "head"
     assert not np.all(s.values == 1.0)
-    for k in ("task", "length", "samples", "lr", "epochs", "seed", "arch", "source_sha256", "rope_scaling"):
+    assert np.isfinite(info["val_loss_before"]) and np.isfinite(info["val_loss_after"])
+    for k in ("task", "length", "samples", "lr", "epochs", "seed", "arch", "source_sha256", "rope_scaling",
+              "val_loss_after"):
         assert k in s.metadata
     res = fold_file(smollm2, out, tmp_path / "sealed.gguf")
     assert res.blocks("blocks_requantized") == 0
@@ -117,6 +145,9 @@ def test_bad_options(tmp_path):
         run_tune(TuneOptions(model="smollm2", out=tmp_path / "x", tasks=["nope"]))
     with pytest.raises(SealError, match="granularity"):
         run_tune(TuneOptions(model="smollm2", out=tmp_path / "x", granularity="layer"))
+    with pytest.raises(SealError, match="--keep"):
+        run_tune(TuneOptions(model="smollm2", out=tmp_path / "x", keep=float("nan")))
+    assert not (tmp_path / "x").exists()
 
 
 def test_rope_spec_needs_a_factor(hf_smollm2):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,14 @@ class TuneOptions:
     out: Path
     tasks: list[str] = field(default_factory=lambda: ["lines"])
     granularity: str = "head"
-    length: int = 2048
+    length: int = 1024
     samples: int = 50
     val_samples: int = 10
     lr: float | None = None
     epochs: int = 1
     grad_accum: int = 1
+    keep: float = 0.0              # knowledge-keeping term: weight of KL(baseline || sealed) on essay text
+    anchor_windows: int = 16       # 256-token essay windows the KL term cycles through
     seed: int = 0
     device: str = "auto"
     rope_scaling: str = "none"
@@ -50,10 +53,12 @@ def run_tune(opt: TuneOptions) -> dict:
     from sealgguf.fsutil import sha256_file
     from sealgguf.models import resolve
     from sealgguf.tasks import parse_tasks
-    from sealgguf.tune.data import make_examples
+    from sealgguf.tune.data import anchor_windows, make_examples
     from sealgguf.tune.model import SealScales, enable_checkpointing, load
     from sealgguf.tune.trainer import TrainConfig, train
 
+    if not (opt.keep >= 0 and math.isfinite(opt.keep)):
+        raise SealError(f"--keep must be a finite number >= 0, got {opt.keep}")
     if opt.granularity not in DEFAULT_LR:
         raise SealError(f"--granularity must be 'head' or 'channel', got {opt.granularity!r}")
     parse_tasks(",".join(opt.tasks))
@@ -70,27 +75,31 @@ def run_tune(opt: TuneOptions) -> dict:
 
     train_set = make_examples(opt.tasks, opt.samples, opt.length, lm.encoder, "train", opt.seed)
     val_set = make_examples(opt.tasks, opt.val_samples, opt.length, lm.encoder, "val", opt.seed)
+    anchors = anchor_windows(lm.encoder, opt.anchor_windows) if opt.keep else []
     seal = SealScales(lm.layout, opt.granularity).to(device).attach(lm.model)
     lr = opt.lr if opt.lr is not None else DEFAULT_LR[opt.granularity]
-    cfg = TrainConfig(lr=lr, epochs=opt.epochs, grad_accum=opt.grad_accum, seed=opt.seed,
+    cfg = TrainConfig(lr=lr, epochs=opt.epochs, grad_accum=opt.grad_accum, keep=opt.keep, seed=opt.seed,
                       checkpoint_every=opt.checkpoint_every, resume=opt.resume, progress=opt.progress,
                       checkpoint_path=Path(str(opt.out) + ".ckpt.pt"))
     t0 = time.time()
-    result = train(lm.model, seal, train_set, val_set, cfg, device)
+    result = train(lm.model, seal, train_set, val_set, cfg, device, anchors)
     values = seal.scales.detach().float().cpu().numpy()
     seal.detach_hooks()
 
     lengths = [int(ex.ids.numel()) for ex in train_set]
     meta = {
         "task": ",".join(opt.tasks), "length": opt.length, "mean_tokens": round(sum(lengths) / len(lengths), 1),
-        "samples": opt.samples, "lr": lr, "epochs": opt.epochs, "grad_accum": opt.grad_accum, "seed": opt.seed,
+        "samples": opt.samples, "lr": lr, "epochs": opt.epochs, "grad_accum": opt.grad_accum, "keep": opt.keep,
+        "seed": opt.seed,
         "rope_scaling": lm.rope_spec, "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
         "device": device, "seconds": round(time.time() - t0, 1),
         "val_exact_match_before": result.val_before, "val_exact_match_after": result.val_after,
+        "val_loss_before": result.val_loss_before, "val_loss_after": result.val_loss_after,
         "loss_first": result.losses[0] if result.losses else None,
         "loss_last10": sum(result.losses[-10:]) / max(1, len(result.losses[-10:])),
+        "kl_last10": sum(result.kls[-10:]) / len(result.kls[-10:]) if result.kls else None,
     }
     scales_file.save(opt.out, values, meta)
     if cfg.checkpoint_path.exists():

@@ -35,3 +35,18 @@ def make_examples(tasks: list[str], n: int, length: int, encoder: PromptEncoder,
         prompt, answer = encoder.prompt_ids(sample), encoder.answer_ids(sample)
         examples.append(Example(torch.tensor(prompt + answer, dtype=torch.long), len(answer), sample))
     return examples
+
+
+def anchor_windows(encoder: PromptEncoder, n: int, window: int = 256) -> list[torch.Tensor]:
+    """n windows of plain essay text for the knowledge-keeping term. They come from the start of the
+    corpus; the perplexity check (sealgguf.eval.knowledge) reads its text from the end."""
+    from sealgguf.eval.knowledge import KNOWLEDGE_SENTENCES
+    from sealgguf.tasks.words import essay_sentences
+
+    sentences = essay_sentences()[:-KNOWLEDGE_SENTENCES]
+    bos = [encoder.bos_id] if encoder.bos_id is not None else []
+    ids = encoder.encode(" ".join(sentences[: 40 * n]))
+    width = window - len(bos)
+    if len(ids) < n * width:
+        raise ValueError(f"essay text too short for {n} windows of {window} tokens")
+    return [torch.tensor(bos + ids[i * width:(i + 1) * width], dtype=torch.long) for i in range(n)]

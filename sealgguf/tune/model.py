@@ -6,6 +6,7 @@ very weights that ship. A Hugging Face folder loads as usual.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ class SealScales(nn.Module):
         shape = (layout.n_layer, layout.n_head) + ((layout.head_dim,) if granularity == "channel" else ())
         self.head_dim = layout.head_dim
         self.scales = nn.Parameter(torch.ones(shape, dtype=torch.float32))
+        self.enabled = True  # False: the hooks pass activations through (the baseline model)
         self._handles: list = []
 
     def column_scales(self, layer: int) -> torch.Tensor:
@@ -47,11 +49,22 @@ class SealScales(nn.Module):
     def attach(self, model: nn.Module) -> "SealScales":
         for i, layer in enumerate(decoder_layers(model)):
             def hook(module, args, i=i):
+                if not self.enabled:
+                    return None
                 x = args[0]
                 return (x * self.column_scales(i).to(x.dtype),) + tuple(args[1:])
 
             self._handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook))
         return self
+
+    @contextlib.contextmanager
+    def bypassed(self):
+        """Run the model as if every scale were 1.0 (the frozen baseline)."""
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = True
 
     def detach_hooks(self) -> None:
         for h in self._handles:

@@ -19,6 +19,7 @@ class TrainConfig:
     lr: float = 1e-2
     epochs: int = 1
     grad_accum: int = 1
+    keep: float = 0.0                   # weight of the knowledge-keeping KL term (0 = the paper's loss)
     seed: int = 0
     checkpoint_every: int = 0           # steps; 0 = never
     checkpoint_path: Path | None = None
@@ -28,9 +29,12 @@ class TrainConfig:
 
 @dataclass
 class TrainResult:
-    losses: list[float] = field(default_factory=list)
-    val_before: float | None = None
+    losses: list[float] = field(default_factory=list)   # answer loss per step
+    kls: list[float] = field(default_factory=list)      # KL(baseline || sealed) per step, when keep > 0
+    val_before: float | None = None     # teacher-forced exact match on the validation samples
     val_after: float | None = None
+    val_loss_before: float | None = None  # mean answer cross-entropy on the same samples
+    val_loss_after: float | None = None
 
 
 def autocast_for(device: str):
@@ -50,23 +54,34 @@ def answer_loss(model, ex: Example, device: str) -> tuple[torch.Tensor, bool]:
     return F.cross_entropy(logits, target), exact
 
 
+def anchor_kl(model, seal: SealScales, ids: torch.Tensor, device: str) -> torch.Tensor:
+    """Mean KL(baseline || sealed) of the next-token distributions over a window of plain text."""
+    ids = ids[None].to(device)
+    with torch.no_grad(), seal.bypassed(), autocast_for(device):
+        base = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), dim=-1)
+    with autocast_for(device):
+        cur = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), dim=-1)
+    return F.kl_div(cur, base, log_target=True, reduction="batchmean")
+
+
 @torch.no_grad()
-def exact_match(model, examples: list[Example], device: str) -> float:
-    """Teacher-forced exact match: every answer token is the argmax."""
+def validate(model, examples: list[Example], device: str) -> tuple[float, float]:
+    """(teacher-forced exact match: every answer token is the argmax, mean answer loss)."""
     if not examples:
-        return float("nan")
+        return float("nan"), float("nan")
     was_training = model.training
     model.eval()
-    hits = sum(answer_loss(model, ex, device)[1] for ex in examples)
+    scored = [answer_loss(model, ex, device) for ex in examples]
     model.train(was_training)
-    return hits / len(examples)
+    return (sum(hit for _, hit in scored) / len(scored), sum(loss.item() for loss, _ in scored) / len(scored))
 
 
 def train(model, seal: SealScales, train_set: list[Example], val_set: list[Example], cfg: TrainConfig,
-          device: str) -> TrainResult:
+          device: str, anchors: list[torch.Tensor] = ()) -> TrainResult:
     from tqdm import tqdm
 
-    result = TrainResult(val_before=exact_match(model, val_set, device))
+    result = TrainResult()
+    result.val_before, result.val_loss_before = validate(model, val_set, device)
     opt = torch.optim.AdamW(seal.parameters(), lr=cfg.lr, weight_decay=0.0)  # constant lr, as the paper
     start = 0
     if cfg.resume and cfg.checkpoint_path and cfg.checkpoint_path.exists():
@@ -81,7 +96,12 @@ def train(model, seal: SealScales, train_set: list[Example], val_set: list[Examp
     bar = tqdm(total=len(order), initial=start, desc="tuning", unit="sample", disable=not cfg.progress)
     for step in range(start, len(order)):
         loss, _ = answer_loss(model, train_set[order[step]], device)
-        (loss / cfg.grad_accum).backward()
+        total = loss
+        if cfg.keep and anchors:
+            kl = anchor_kl(model, seal, anchors[step % len(anchors)], device)
+            total = loss + cfg.keep * kl
+            result.kls.append(kl.item())
+        (total / cfg.grad_accum).backward()
         if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(order):
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -93,5 +113,5 @@ def train(model, seal: SealScales, train_set: list[Example], val_set: list[Examp
                         "losses": result.losses}, cfg.checkpoint_path)
     bar.close()
     model.eval()
-    result.val_after = exact_match(model, val_set, device)
+    result.val_after, result.val_loss_after = validate(model, val_set, device)
     return result
