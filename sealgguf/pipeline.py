@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sealgguf.errors import SealError
 from sealgguf.eval.runner import RopeOptions
+from sealgguf.tune import DEFAULT_KEEP
 
 
 @dataclass
@@ -20,7 +21,7 @@ class SealOptions:
     samples: int = 50
     lr: float | None = None
     epochs: int = 1
-    keep: float = 0.0
+    keep: float = DEFAULT_KEEP
     eval_samples: int = 30
     eval_lengths: list[int] | None = None   # default: the tuning length
     eval_tasks: list[str] | None = None     # default: the tuning tasks

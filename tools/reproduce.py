@@ -214,6 +214,18 @@ def run_steps(r: Runner, steps: list[str]) -> None:
         r.eval(run["name"], task, E, p.n_extend, ("yarn", 2.0))
 
 
+def keep_raw(work: Path, raw: Path) -> None:
+    """Copy the small part of the cache (every eval's per-sample outputs, every run's record and scales) next to
+    the report, so the tables can be checked and rebuilt without re-running: tools/results_report.py RAW."""
+    import shutil
+
+    for sub, patterns in (("eval", ("*.json",)), ("tune", ("*.json", "*.scales.safetensors"))):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+        for pattern in patterns:
+            for f in (work / sub).glob(pattern):
+                shutil.copy2(f, raw / sub / f.name)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small n and few cells (about an hour on 2 CPU cores)")
@@ -242,6 +254,7 @@ def main() -> None:
         docs = args.docs or ROOT / "docs" / ("results-quick" if args.quick else "results")
         write_report(work, plan, docs, ROOT / "README.md" if args.update_readme else None,
                      command="python tools/reproduce.py" + (" --quick" if args.quick else ""))
+        keep_raw(work, docs / "raw")
     print(f"done in {time.time() - t0:.0f} s; cache in {work}")
 
 

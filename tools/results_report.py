@@ -285,8 +285,9 @@ def write_report(work: Path, plan, docs: Path, readme: Path | None, command: str
     return text
 
 
-if __name__ == "__main__":  # rewrite the report from a cache: python tools/results_report.py runs/reproduce
+if __name__ == "__main__":  # print the report from a cache: python tools/results_report.py docs/results/raw
     import sys
 
     w = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/reproduce")
-    print(write_report(w, None, Path("docs/results"), None, "python tools/reproduce.py"))
+    print(write_report(w, None, Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/sealgguf-report"), None,
+                       "python tools/reproduce.py"))
