@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sealgguf.errors import SealError
 from sealgguf.eval.runner import RopeOptions
-from sealgguf.tune import DEFAULT_KEEP
+from sealgguf.tune import DEFAULT_GRANULARITY, DEFAULT_KEEP
 
 
 @dataclass
@@ -16,7 +16,7 @@ class SealOptions:
     model: str
     out: Path
     tasks: list[str] = field(default_factory=lambda: ["lines"])
-    granularity: str = "head"
+    granularity: str = DEFAULT_GRANULARITY
     length: int = 1024
     samples: int = 50
     lr: float | None = None

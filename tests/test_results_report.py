@@ -11,12 +11,12 @@ import reproduce  # noqa: E402
 import results_report  # noqa: E402
 
 
-def _eval(work: Path, model: str, task: str, correct: list[bool]) -> None:
+def _eval(work: Path, model: str, task: str, correct: list[bool], length: int = 1024) -> None:
     recs = [{"seed": 900_000 + i, "n_tokens": 1000, "expected": "x", "output": "y", "correct": c}
             for i, c in enumerate(correct)]
-    e = {"model": model, "task": task, "length": 1024, "n": len(recs), "rope": ["none", 1.0], "records": recs,
+    e = {"model": model, "task": task, "length": length, "n": len(recs), "rope": ["none", 1.0], "records": recs,
          "accuracy": sum(correct) / len(correct), "mean_tokens": 1000, "seconds_total": 10.0}
-    (work / "eval" / f"{model}__{task}.json").write_text(json.dumps(e))
+    (work / "eval" / f"{model}__{task}-{length}-n{len(recs)}.json").write_text(json.dumps(e))
 
 
 def _tune(work: Path, name: str, lr: float, val_loss_after: float) -> dict:
@@ -48,6 +48,8 @@ def test_tables_pair_by_seed_and_rewrite_readme(work, tmp_path):
     _eval(work, "run", "lines", [True, True, True, False])
     _eval(work, "smollm2", "passkey", [True, True, True, True])
     _eval(work, "run", "passkey", [True, True, True, False])
+    _eval(work, "smollm2", "lines", [False, False, False, False], length=8000)  # same task, longer: transfer
+    _eval(work, "run", "lines", [True, True, False, False], length=8000)
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{results_report.BEGIN}\nold\n{results_report.END}\noutro\n")
     text = results_report.write_report(work, None, tmp_path / "docs", readme, "python tools/reproduce.py")
@@ -57,8 +59,12 @@ def test_tables_pair_by_seed_and_rewrite_readme(work, tmp_path):
     ood_row = next(line for line in text.splitlines() if line.startswith("| run | passkey @1024"))
     assert "1.00 → 0.75 | -0.25" in ood_row
     assert "| lines | 0.25 (4) |" in text  # baseline sweep cell
-    assert "0.25 → 0.75 (run) | yes, not at the native length |" in text
-    assert "worst of 1 cells: -0.25 (run on passkey @1024) | no |" in text
+    ood, transfer = text.split("### Length transfer")
+    assert "passkey @1024" in ood and "lines @8000" not in ood.split("### Out of domain")[1]
+    assert "| run | lines @8000 | 4 | 0.00 → 0.50 | +0.50" in transfer
+    assert "smollm2 lines @8000: 0.00 → 0.50 (n 4, McNemar p 0.5, run, tuned at 1024) | yes (any gain is 2× a zero " \
+        "baseline) |" in text  # the longest in-domain cell
+    assert "worst cell per set of scales: run -0.25 (passkey @1024, 1 cells) | no: 0 of 1 sets |" in text
     assert "| short-context perplexity within +2% | 0 of 1 runs | no |" in text
     body = readme.read_text()
     assert body.startswith("intro\n") and body.endswith("outro\n") and "old" not in body and tuned_row in body
@@ -71,3 +77,9 @@ def test_readme_without_markers_is_refused(work, tmp_path):
     with pytest.raises(SystemExit, match="markers"):
         results_report.write_report(work, None, tmp_path / "docs", readme, "cmd")
     assert readme.read_text() == "no markers here\n"
+
+
+def test_a_cached_eval_with_more_samples_serves_fewer(work):
+    _eval(work, "smollm2", "lines", [True, False, True], length=2048)
+    r = reproduce.Runner(work, reproduce.QUICK, threads=None)
+    assert r.eval("smollm2", "lines", 2048, 2)["n"] == 3  # no model is run: the n=3 file holds the first 2 seeds

@@ -114,7 +114,7 @@ def test_short_real_tuning_run(smollm2, tmp_path):
     from sealgguf.tune import TuneOptions, run_tune
 
     out = tmp_path / "scales.safetensors"
-    info = run_tune(TuneOptions(model=str(smollm2), out=out, tasks=["passkey"], length=256, samples=8,
+    info = run_tune(TuneOptions(model=str(smollm2), out=out, tasks=["passkey"], granularity="head", length=256, samples=8,
                                 val_samples=2, lr=5e-2, epochs=2, keep=0.0, progress=False))
     losses = info["losses"]
     assert len(losses) == 16

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -42,6 +43,7 @@ class Plan:
     mix: list[str] = field(default_factory=lambda: ["lines", "niah", "kv"])
     ood: dict[str, int] = field(default_factory=lambda: {"passkey": 2048, "niah": 2048, "kv": 2048})
     n_ood: int = 30
+    n_long: int = 50                               # samples per cell of the long step (8K: ~60 s a sample)
     gemma_length: int = 1024                       # Gemma 3 already fails lines at 1K
     long_lengths: list[int] = field(default_factory=lambda: [2048, 8000])  # up to SmolLM2's window (8192)
     extend_length: int = 16000                     # 2x SmolLM2's window
@@ -95,8 +97,14 @@ class Runner:
         from sealgguf.eval.harness import EvalOptions, evaluate
         from sealgguf.eval.runner import RopeOptions
 
-        tag = f"{model}/{task}-{length}-n{n}" + (f"-{rope[0]}{rope[1]:g}" if rope[0] != "none" else "")
+        suffix = f"-{rope[0]}{rope[1]:g}" if rope[0] != "none" else ""
+        tag = f"{model}/{task}-{length}-n{n}{suffix}"
         path = self.work / "eval" / f"{tag.replace('/', '__')}.json"
+        for other in (self.work / "eval").glob(f"{model}__{task}-{length}-n*{suffix}.json"):
+            # Evaluation seeds are a fixed sequence, so a cached run with more samples holds these n samples.
+            m = re.fullmatch(rf"{re.escape(model)}__{task}-{length}-n(\d+){re.escape(suffix)}\.json", other.name)
+            if m and int(m[1]) > n:
+                return json.loads(other.read_text())
 
         def compute() -> dict:
             print(f"  eval {tag}", flush=True)
@@ -137,6 +145,17 @@ class Runner:
         return self._cached(self.work / "tune" / f"{name}.json", compute)
 
 
+def shipped_default(r: Runner, length: int) -> dict:
+    """The configuration `sealgguf tune` ships with (sealgguf.tune's defaults), tuned on SmolLM2 lines."""
+    from sealgguf.tune import DEFAULT_GRANULARITY, DEFAULT_KEEP, DEFAULT_LR
+
+    g, lr = DEFAULT_GRANULARITY, DEFAULT_LR[DEFAULT_GRANULARITY]
+    name = f"smollm2-lines{length}-{g[0].upper()}-lr{lr:g}" + (f"-keep{DEFAULT_KEEP:g}" if DEFAULT_KEEP else "")
+    run = r.tune(f"{name}-s{r.plan.samples}", "smollm2", ["lines"], g, length, r.plan.samples, lr, keep=DEFAULT_KEEP)
+    r.eval(run["name"], "lines", length, r.plan.n_eval)
+    return run
+
+
 def best_lr(runs: list[dict]) -> float:
     """The learning rate with the lowest validation loss after tuning (never the test accuracy)."""
     return min(runs, key=lambda r: r["tune"]["val_loss_after"])["lr"]
@@ -175,12 +194,12 @@ def run_steps(r: Runner, steps: list[str]) -> None:
             run = r.tune(f"smollm2-lines{L}-H-lr{lr:g}-s{n}", "smollm2", ["lines"], "head", L, n, lr)
             r.eval(run["name"], "lines", L, p.n_eval)
     if "keep" in steps:
-        print("step keep: the knowledge-keeping KL term, at the largest learning rate", flush=True)
-        top = max(p.lrs_head)
-        for keep in p.keeps:
-            run = r.tune(f"smollm2-lines{L}-H-lr{top:g}-keep{keep:g}-s{p.samples}", "smollm2", ["lines"], "head", L,
-                         p.samples, top, keep=keep)
-            r.eval(run["name"], "lines", L, p.n_eval)
+        print("step keep: the knowledge-keeping KL term, at the largest learning rate of each granularity", flush=True)
+        for gran, lrs in (("head", p.lrs_head), ("channel", p.lrs_channel)):
+            for keep in p.keeps if lrs else []:
+                run = r.tune(f"smollm2-lines{L}-{gran[0].upper()}-lr{max(lrs):g}-keep{keep:g}-s{p.samples}", "smollm2",
+                             ["lines"], gran, L, p.samples, max(lrs), keep=keep)
+                r.eval(run["name"], "lines", L, p.n_eval)
     mix = f"smollm2-{'+'.join(p.mix)}{L}-H-lr{lr:g}-s{p.samples}"
     if "mix" in steps:
         print("step mix: tuning on a mix of tasks", flush=True)
@@ -188,8 +207,9 @@ def run_steps(r: Runner, steps: list[str]) -> None:
         r.eval(mix, "lines", L, p.n_eval)
     if "ood" in steps:
         print("step ood: scales tuned on one task, measured on others", flush=True)
+        shipped = shipped_default(r, L)["name"]
         for task, n_tok in p.ood.items():
-            for model in ("smollm2", best) + ((mix,) if "mix" in steps else ()):
+            for model in dict.fromkeys(("smollm2", best, shipped) + ((mix,) if "mix" in steps else ())):
                 r.eval(model, task, n_tok, p.n_ood)
     if "gemma" in steps:
         print("step gemma: SEAL-H on Gemma 3 270M lines", flush=True)
@@ -199,11 +219,21 @@ def run_steps(r: Runner, steps: list[str]) -> None:
         r.eval(run["name"], "lines", G, p.n_eval)
     if "long" in steps:
         print("step long: SmolLM2 on longer prompts, up to its longest native length", flush=True)
+        # Cheapest first: baselines, then shorter-tuned scales scored at the longer lengths (the shipped default,
+        # tuned at the sweep length, and the run tuned at the first long length), then tuning at each longer
+        # length (hours at 8K on a CPU).
+        first, *longer = p.long_lengths
         for LL in p.long_lengths:
-            run = r.tune(f"smollm2-lines{LL}-H-lr{lr:g}-s{p.samples}", "smollm2", ["lines"], "head", LL, p.samples,
-                         lr)
-            r.eval("smollm2", "lines", LL, p.n_eval)
-            r.eval(run["name"], "lines", LL, p.n_eval)
+            r.eval("smollm2", "lines", LL, p.n_long)
+        runs = {first: r.tune(f"smollm2-lines{first}-H-lr{lr:g}-s{p.samples}", "smollm2", ["lines"], "head", first,
+                              p.samples, lr)}
+        for transferred in (shipped_default(r, L)["name"], runs[first]["name"]):
+            for LL in p.long_lengths:
+                r.eval(transferred, "lines", LL, p.n_long)
+        for LL in longer:
+            runs[LL] = r.tune(f"smollm2-lines{LL}-H-lr{lr:g}-s{p.samples}", "smollm2", ["lines"], "head", LL,
+                              p.samples, lr)
+            r.eval(runs[LL]["name"], "lines", LL, p.n_long)
     if "extend" in steps:
         print("step extend: SmolLM2 at 2x its window with rope scaling", flush=True)
         E, task = p.extend_length, p.extend_task
@@ -236,6 +266,7 @@ def main() -> None:
     ap.add_argument("--update-readme", action="store_true", help="rewrite README.md between the result markers")
     ap.add_argument("--n-sweep", type=int, help="override the samples per baseline-sweep cell")
     ap.add_argument("--n-ood", type=int, help="override the samples per out-of-domain cell")
+    ap.add_argument("--n-long", type=int, help="override the samples per cell of the long step")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     spec = args.steps or ",".join(QUICK_STEPS if args.quick else STEPS)
@@ -244,7 +275,8 @@ def main() -> None:
     if bad:
         ap.error(f"--steps: unknown step(s) {', '.join(bad)} (choose from: {', '.join(STEPS)})")
     plan = replace(QUICK if args.quick else FULL, **{k: v for k, v in (("n_sweep", args.n_sweep),
-                                                                     ("n_ood", args.n_ood)) if v})
+                                                                     ("n_ood", args.n_ood), ("n_long", args.n_long))
+                                                    if v})
     work = args.work or ROOT / "runs" / ("reproduce-quick" if args.quick else "reproduce")
     t0 = time.time()
     run_steps(Runner(work, plan, args.threads), steps)
