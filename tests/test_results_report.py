@@ -11,12 +11,14 @@ import reproduce  # noqa: E402
 import results_report  # noqa: E402
 
 
-def _eval(work: Path, model: str, task: str, correct: list[bool], length: int = 1024) -> None:
+def _eval(work: Path, model: str, task: str, correct: list[bool], length: int = 1024,
+          rope: tuple[str, float] = ("none", 1.0)) -> None:
     recs = [{"seed": 900_000 + i, "n_tokens": 1000, "expected": "x", "output": "y", "correct": c}
             for i, c in enumerate(correct)]
-    e = {"model": model, "task": task, "length": length, "n": len(recs), "rope": ["none", 1.0], "records": recs,
+    e = {"model": model, "task": task, "length": length, "n": len(recs), "rope": list(rope), "records": recs,
          "accuracy": sum(correct) / len(correct), "mean_tokens": 1000, "seconds_total": 10.0}
-    (work / "eval" / f"{model}__{task}-{length}-n{len(recs)}.json").write_text(json.dumps(e))
+    suffix = f"-{rope[0]}{rope[1]:g}" if rope[0] != "none" else ""
+    (work / "eval" / f"{model}__{task}-{length}-n{len(recs)}{suffix}.json").write_text(json.dumps(e))
 
 
 def _tune(work: Path, name: str, lr: float, val_loss_after: float) -> dict:
@@ -83,3 +85,20 @@ def test_a_cached_eval_with_more_samples_serves_fewer(work):
     _eval(work, "smollm2", "lines", [True, False, True], length=2048)
     r = reproduce.Runner(work, reproduce.QUICK, threads=None)
     assert r.eval("smollm2", "lines", 2048, 2)["n"] == 3  # no model is run: the n=3 file holds the first 2 seeds
+
+
+def test_extension_cells_are_scored_against_the_native_length(work, tmp_path):
+    _tune(work, "run", 1e-2, 0.5)
+    yarn = ("yarn", 2.0)
+    _eval(work, "smollm2", "niah", [True, True, True, True, True], length=8000)  # native reference: 1.00
+    _eval(work, "smollm2", "niah", [True, False, False, False, True], length=16000, rope=yarn)
+    _eval(work, "run", "niah", [True, True, True, True, False], length=16000, rope=yarn)
+    _eval(work, "smollm2", "lines", [True, False], length=1024, rope=yarn)  # within the window: not extension
+    text = results_report.write_report(work, None, tmp_path / "docs", None, "cmd")
+
+    assert "lines @1024 | yarn" not in text and "niah @16000" not in text.split("### Out of domain")[1].split("### Context extension")[0]
+    assert "Native reference (no scaling, longest length within the window): smollm2 niah @8000 1.00 (n 5)." in text
+    assert "| none (baseline) | niah @16000 | yarn×2 | 5 | 0.40 | — | 40% |" in text
+    assert "| run (tuned without scaling at 1024) | niah @16000 | yarn×2 | 5 | 0.80 | +0.40" in text
+    assert ("| 2× extension: SEAL recovers ≥ 80% of native accuracy | niah @16000 yarn×2: 0.80 (n 5, run) against "
+            "1.00 @8000 unscaled = 80%; without SEAL 0.40 = 40% | yes |") in text
