@@ -147,7 +147,7 @@ def extend_table(evals: list[dict], tunes: list[dict], native: dict[str, int]) -
     refs = {id(ref): ref for *_, ref in cells if ref}.values()
     out = ["Native reference (no scaling, longest length within the window): "
            + "; ".join(f"{r['model']} {r['task']} @{r['length']} {r['accuracy']:.2f} (n {r['n']})" for r in refs)
-           + ".", ""]
+           + ".", ""] if refs else []
     out += ["| scales | task @ length | rope | n | accuracy | vs same rope without SEAL [95% CI], McNemar p "
             "| share of native accuracy |", "|---|---|---|---|---|---|---|"]
     for run, e, p, ref in cells:
