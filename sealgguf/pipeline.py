@@ -3,35 +3,23 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sealgguf.errors import SealError
-from sealgguf.eval.runner import RopeOptions
-from sealgguf.tune import DEFAULT_GRANULARITY, DEFAULT_KEEP
+from sealgguf.tune import TuneOptions
 
 
 @dataclass
 class SealOptions:
-    model: str
-    out: Path
-    tasks: list[str] = field(default_factory=lambda: ["lines"])
-    granularity: str = DEFAULT_GRANULARITY
-    length: int = 1024
-    samples: int = 50
-    lr: float | None = None
-    epochs: int = 1
-    keep: float = DEFAULT_KEEP
+    tune: TuneOptions                       # what to learn; tune.out is replaced by the scales file beside `out`
+    out: Path                               # the sealed GGUF
     eval_samples: int = 30
     eval_lengths: list[int] | None = None   # default: the tuning length
     eval_tasks: list[str] | None = None     # default: the tuning tasks
     ppl_windows: int = 4                    # knowledge check: perplexity/KL on 4 x 512 essay tokens (0 = skip)
-    rope_scaling: str = "none"
-    rope_factor: float = 0.0
-    device: str = "auto"
     threads: int | None = None
-    seed: int = 0
-    progress: bool = True
+    gpu_layers: int = 0                     # llama.cpp offload for the evaluation (-1 = all)
 
 
 def report_paths(out: Path) -> dict[str, Path]:
@@ -44,31 +32,28 @@ def seal(opt: SealOptions) -> dict:
     from sealgguf.eval.harness import EvalOptions, evaluate
     from sealgguf.fold import fold_file
     from sealgguf.models import resolve
-    from sealgguf.tune import TuneOptions, run_tune
+    from sealgguf.tune import run_tune
 
-    model_path = resolve(opt.model)
+    t = opt.tune
+    model_path = resolve(t.model)
     if not model_path.is_file():
         raise SealError(f"{model_path}: seal needs a GGUF file (it folds into the quantized weights)")
     paths = report_paths(opt.out)
-    tune_info = run_tune(TuneOptions(
-        model=str(model_path), out=paths["scales.safetensors"], tasks=opt.tasks, granularity=opt.granularity,
-        length=opt.length, samples=opt.samples, lr=opt.lr, epochs=opt.epochs, keep=opt.keep, seed=opt.seed,
-        device=opt.device, rope_scaling=opt.rope_scaling, rope_factor=opt.rope_factor, progress=opt.progress))
+    tune_info = run_tune(replace(t, model=str(model_path), out=paths["scales.safetensors"]))
     folded = fold_file(model_path, paths["scales.safetensors"], opt.out, threads=opt.threads or 0,
-                       progress=opt.progress)
-    rope = RopeOptions(opt.rope_scaling, opt.rope_factor or 1.0)
+                       progress=t.progress)
     report = evaluate(EvalOptions(
-        models=[model_path, opt.out], tasks=opt.eval_tasks or opt.tasks,
-        lengths=opt.eval_lengths or [opt.length], samples=opt.eval_samples, rope=rope, threads=opt.threads,
-        ppl_windows=opt.ppl_windows, seed=opt.seed, progress=opt.progress))
+        models=[model_path, opt.out], tasks=opt.eval_tasks or t.tasks,
+        lengths=opt.eval_lengths or [t.length], samples=opt.eval_samples, rope=t.rope, threads=opt.threads,
+        gpu_layers=opt.gpu_layers, ppl_windows=opt.ppl_windows, seed=t.seed, progress=t.progress))
     report["tune"] = {k: v for k, v in tune_info.items() if k != "losses"}
     report["tune"]["losses"] = [round(x, 4) for x in tune_info["losses"]]
     report["fold"] = {"rel_rmse_by_type": folded.rel_rmse_by_type(),
                       "blocks_rescaled": folded.blocks("blocks_rescaled"),
                       "blocks_requantized": folded.blocks("blocks_requantized")}
     header = (f"# sealgguf report: {model_path.name} -> {opt.out.name}\n\n"
-              f"SEAL-{'H' if opt.granularity == 'head' else 'C'} tuned on {','.join(opt.tasks)} at {opt.length} "
-              f"tokens, {opt.samples} samples x {opt.epochs} epoch(s), lr {tune_info['lr']}, in "
+              f"SEAL-{'H' if t.granularity == 'head' else 'C'} tuned on {','.join(t.tasks)} at {t.length} "
+              f"tokens, {t.samples} samples x {t.epochs} epoch(s), lr {tune_info['lr']}, in "
               f"{tune_info['seconds']} s on {tune_info['device']}; scales {tune_info['scale_min']:.3f}.."
               f"{tune_info['scale_max']:.3f}; validation exact match {tune_info['val_exact_match_before']:.2f} -> "
               f"{tune_info['val_exact_match_after']:.2f}.\nFold: {json.dumps(report['fold'])}\n\n")

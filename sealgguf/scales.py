@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sealgguf.errors import SealError
+from sealgguf.errors import EnvironmentProblem, SealError
 from sealgguf.fsutil import atomic_output
 
 GRANULARITIES = ("head", "channel")
@@ -76,7 +76,7 @@ def load(path: str | os.PathLike) -> Scales:
 
     p = Path(path)
     if not p.is_file():
-        raise SealError(f"{p}: scales file not found")
+        raise EnvironmentProblem(f"{p}: scales file not found")
     try:
         with safe_open(str(p), framework="numpy") as f:
             meta = dict(f.metadata() or {})

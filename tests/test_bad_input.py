@@ -108,19 +108,3 @@ def test_output_over_input_refused(good):
     r = _run("fold", model, d / "ok.safetensors", "-o", model)
     assert r.returncode != 0 and "overwrite the input" in r.stderr
     assert _sha(model) == before
-
-
-def test_unsupported_quant_type(good):
-    """An attn_output tensor of a type the engine cannot fold: blk.0's type id forged to IQ4_NL."""
-    from sealgguf.fold.gguf_file import open_gguf
-
-    d, model = good
-    data = bytearray(model.read_bytes())
-    f = open_gguf(model)
-    name = b"blk.0.attn_output.weight"
-    pos = bytes(data).index(name, f.kv_end) + len(name)
-    n_dims = struct.unpack_from("<I", data, pos)[0]
-    struct.pack_into("<I", data, pos + 4 + 8 * n_dims, 20)  # GGML_TYPE_IQ4_NL
-    bad = _forge(good, "type.gguf", bytes(data))
-    _expect_error(["fold", bad, d / "ok.safetensors", "-o", d / "o7.gguf"], d / "o7.gguf", [bad],
-                  "blk.0.attn_output.weight: cannot fold type IQ4_NL")

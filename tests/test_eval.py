@@ -46,9 +46,10 @@ def test_compare_with_itself_gives_zero_difference(self_compare):
 
     _, report = self_compare
     assert len(report["records"]) == 2 * 2 * 3
+    a, b = report["models"]
     for r in report["records"]:
-        a, b = report["models"]
         assert r["output"][a] == r["output"][b]
+    assert sum(bool(r["output"][a].strip()) for r in report["records"]) >= 10  # real answers, not empty ones
     for c in cells(report):
         assert c["paired"]["diff"] == 0 and c["paired"]["only_a"] == c["paired"]["only_b"] == 0
     passkey = [r for r in report["records"] if r["task"] == "passkey"]
@@ -110,6 +111,7 @@ def test_hf_scales_and_folded_gguf_agree(smollm2, hf_smollm2, tmp_path):
             hf_ids = out[0, len(ids):].tolist()
             llama_text = runner.generate(ids, 6)
             llama_ids = runner.encoder.encode(llama_text)
+            assert llama_ids, f"llama.cpp gave an empty answer to {name}"
             agree += hf_ids[: len(llama_ids)][:3] == llama_ids[:3]
     finally:
         seal.detach_hooks()
@@ -118,16 +120,33 @@ def test_hf_scales_and_folded_gguf_agree(smollm2, hf_smollm2, tmp_path):
 
 
 def test_seal_end_to_end_tiny(tmp_path):
-    from sealgguf.pipeline import SealOptions, seal
-
-    out = tmp_path / "tiny.gguf"
-    report = seal(SealOptions(model="smollm2", out=out, tasks=["passkey"], length=200, samples=3, epochs=1,
-                              eval_samples=2, ppl_windows=1, progress=False, threads=2))
-    assert report["knowledge"]["tokens"] == 511 and report["knowledge"]["mean_kl"] >= 0
-    for key in ("scales.safetensors", "report.json", "report.md", "report.png"):
-        assert (tmp_path / f"tiny.{key}").exists(), key
+    """`sealgguf seal` through the command line: tune, fold, eval and the knowledge check on a tiny run."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(out), n_ctx=64, verbose=False)
-    assert llm.create_completion("Hello", max_tokens=2, temperature=0)["choices"][0]["text"] is not None
+    from sealgguf.cli import main
+
+    out = tmp_path / "tiny.gguf"
+    assert main(["-q", "seal", "smollm2", "-o", str(out), "--task", "passkey", "--length", "200", "--samples", "3",
+                 "--eval-samples", "2", "--ppl-windows", "1", "--threads", "2"]) == 0
+    for key in ("scales.safetensors", "report.json", "report.md", "report.png"):
+        assert (tmp_path / f"tiny.{key}").exists(), key
+    report = json.loads((tmp_path / "tiny.report.json").read_text())
+    k = report["knowledge"]
+    assert k["tokens"] == 511 and k["mean_kl"] > 0  # the scales moved, so the two models differ
+    labels = report["models"]
+    assert k["perplexity"][labels[0]] != k["perplexity"][labels[1]]
     assert report["tune"]["samples"] == 3 and len(report["records"]) == 2
+    llm = Llama(model_path=str(out), n_ctx=64, verbose=False)
+    assert llm.create_completion("Hello", max_tokens=4, temperature=0)["choices"][0]["text"].strip()
+
+
+def test_prompt_longer_than_the_loaded_context_is_refused(smollm2):
+    from sealgguf.errors import SealError
+    from sealgguf.eval.runner import LlamaRunner
+
+    runner = LlamaRunner(smollm2, n_ctx=64, threads=2)
+    try:
+        with pytest.raises(SealError, match="does not fit n_ctx 64"):
+            runner.generate(list(range(100, 160)), 8)
+    finally:
+        runner.close()

@@ -156,4 +156,4 @@ def test_rope_scaling_from_tuning_goes_into_metadata(smollm2, tmp_path, kind):
         assert f.value("llama.rope.scaling.factor") == 2.0
         assert f.value("llama.rope.scaling.original_context_length") == 8192
     llm = Llama(model_path=str(tmp_path / "r.gguf"), n_ctx=64, verbose=False)
-    assert llm.create_completion("Hi", max_tokens=2, temperature=0)["choices"][0]["text"] is not None
+    assert llm.create_completion("Hi", max_tokens=4, temperature=0)["choices"][0]["text"].strip()

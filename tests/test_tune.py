@@ -150,18 +150,24 @@ def test_bad_options(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_rope_spec_needs_a_factor(hf_smollm2):
-    from sealgguf.tune.model import rope_spec
+def test_rope_scaling_needs_a_factor(hf_smollm2):
+    from sealgguf.rope import RopeScaling
 
     with pytest.raises(SealError, match="rope-factor"):
-        rope_spec("yarn", 1.0, hf_smollm2.layout, 8192)
-    assert rope_spec("linear", 2.0, hf_smollm2.layout, 8192)["factor"] == 2.0
+        RopeScaling.from_cli("yarn", 0.0)
+    with pytest.raises(SealError, match=r"rope factor must be a number in \(1"):
+        RopeScaling.from_cli("yarn", 1.0)
+    bound = RopeScaling.from_cli("linear", 2.0).bind(8192, hf_smollm2.layout.head_dim)
+    assert bound.factor == 2.0 and bound.context(8192) == 16384
+    assert RopeScaling.from_json(bound.to_json(), "x") == bound
 
 
 def test_linear_rope_divides_frequencies(smollm2, hf_smollm2):
     from sealgguf.tune.model import load
 
-    scaled = load(smollm2, "cpu", ("linear", 2.0)).model.model.rotary_emb.inv_freq
+    from sealgguf.rope import RopeScaling
+
+    scaled = load(smollm2, "cpu", RopeScaling.from_cli("linear", 2.0)).model.model.rotary_emb.inv_freq
     base = hf_smollm2.model.model.rotary_emb.inv_freq
     torch.testing.assert_close(scaled, base / 2.0)
 
@@ -202,3 +208,68 @@ def test_unsupported_architecture():
 
     with pytest.raises(SealError, match="architecture 'gpt2' is not supported"):
         head_layout(AutoConfig.for_model("gpt2"))
+
+
+def _tiny_tune(smollm2, out, **kw):
+    from sealgguf.tune import TuneOptions, run_tune
+
+    opts = dict(model=str(smollm2), out=out, tasks=["passkey"], granularity="head", length=128, samples=4,
+                val_samples=0, lr=5e-2, keep=0.0, progress=False, checkpointing=False)
+    opts.update(kw)
+    return run_tune(TuneOptions(**opts))
+
+
+@pytest.mark.slow
+def test_resume_after_interrupt_gives_the_same_scales(smollm2, tmp_path, monkeypatch):
+    """Interrupt a tune after its checkpoint at step 2, resume it: the scales equal an uninterrupted run's."""
+    from sealgguf import scales
+    from sealgguf.tune import trainer
+
+    _tiny_tune(smollm2, tmp_path / "full.safetensors")
+    calls = {"n": 0}
+    original = trainer.answer_loss
+
+    def interrupting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*a, **k)
+
+    monkeypatch.setattr(trainer, "answer_loss", interrupting)
+    out = tmp_path / "resumed.safetensors"
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_tune(smollm2, out, checkpoint_every=2)
+    ckpt = tmp_path / "resumed.safetensors.ckpt.pt"
+    assert ckpt.exists() and not out.exists()
+    monkeypatch.setattr(trainer, "answer_loss", original)
+    info = _tiny_tune(smollm2, out, checkpoint_every=2, resume=True)
+    assert len(info["losses"]) == 4 and not ckpt.exists()
+    np.testing.assert_allclose(scales.load(out).values, scales.load(tmp_path / "full.safetensors").values,
+                               rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_grad_accum_takes_one_optimizer_step_per_group(smollm2, tmp_path):
+    """With --grad-accum equal to the sample count there is one AdamW step, and AdamW's first step
+    moves every scale with a gradient by exactly lr; one step per sample moves them further."""
+    from sealgguf import scales
+
+    _tiny_tune(smollm2, tmp_path / "a.safetensors", grad_accum=4)
+    delta = np.abs(scales.load(tmp_path / "a.safetensors").values - 1.0)
+    moved = delta[delta > 1e-4]
+    assert moved.size > 0.9 * delta.size
+    np.testing.assert_allclose(moved, 5e-2, rtol=2e-2)
+    _tiny_tune(smollm2, tmp_path / "b.safetensors", grad_accum=1)
+    assert np.abs(scales.load(tmp_path / "b.safetensors").values - 1.0).max() > 0.06
+
+
+@pytest.mark.slow
+def test_tune_cli_success(smollm2, tmp_path):
+    from sealgguf.cli import main
+
+    out = tmp_path / "s.safetensors"
+    assert main(["-q", "tune", str(smollm2), "-o", str(out), "--task", "passkey", "--length", "128",
+                 "--samples", "2", "--val-samples", "1", "--keep", "0", "--granularity", "head"]) == 0
+    from sealgguf import scales
+
+    assert scales.load(out).values.shape == (30, 9)

@@ -11,7 +11,7 @@ markers in README.md.
 
 Protocol. Tuning uses the training seeds and picks its learning rate by the loss on the validation
 seeds; test accuracy comes from llama.cpp on the exported GGUF, on evaluation seeds no tuning run
-ever sees (sealgguf.tune.data.split_seeds). Baseline and sealed models are scored on the same
+ever sees (sealgguf.tasks.seeds.split_seeds). Baseline and sealed models are scored on the same
 samples and compared pairwise.
 """
 
@@ -96,7 +96,7 @@ class Runner:
     def eval(self, model: str, task: str, length: int, n: int, rope: tuple[str, float] = ("none", 1.0)) -> dict:
         """Accuracy of one GGUF (a bundled name or a tuned run's name) on one task x length cell."""
         from sealgguf.eval.harness import EvalOptions, evaluate
-        from sealgguf.eval.runner import RopeOptions
+        from sealgguf.rope import RopeScaling
 
         suffix = f"-{rope[0]}{rope[1]:g}" if rope[0] != "none" else ""
         tag = f"{model}/{task}-{length}-n{n}{suffix}"
@@ -110,7 +110,7 @@ class Runner:
         def compute() -> dict:
             print(f"  eval {tag}", flush=True)
             rep = evaluate(EvalOptions(models=[self.model_path(model)], tasks=[task], lengths=[length], samples=n,
-                                       rope=RopeOptions(*rope), threads=self.threads, progress=True))
+                                       rope=RopeScaling.from_cli(*rope), threads=self.threads, progress=True))
             lab = rep["models"][0]
             recs = [{"seed": r["seed"], "n_tokens": r["n_tokens"], "expected": r["expected"],
                      "output": r["output"][lab], "correct": bool(r["correct"][lab])} for r in rep["records"]]
@@ -125,6 +125,7 @@ class Runner:
         """Tune scales (train seeds, validation seeds for the loss), fold them into the GGUF, check knowledge."""
         from sealgguf.eval.knowledge import knowledge_check
         from sealgguf.fold import fold_file
+        from sealgguf.rope import RopeScaling
         from sealgguf.tune import TuneOptions, run_tune
 
         scales, gguf = self.work / "tune" / f"{name}.scales.safetensors", self.work / "tune" / f"{name}.gguf"
@@ -134,7 +135,7 @@ class Runner:
                   f"{samples} samples, lr {lr:g}, keep {keep:g}", flush=True)
             info = run_tune(TuneOptions(model=model, out=scales, tasks=tasks, granularity=granularity, length=length,
                                         samples=samples, val_samples=self.plan.val_samples, lr=lr, keep=keep,
-                                        rope_scaling=rope[0], rope_factor=rope[1], progress=True,
+                                        rope=RopeScaling.from_cli(*rope), progress=True,
                                         checkpointing=length > 2048))  # 1-2K: memory is no issue, 20% faster
             folded = fold_file(self.model_path(model), scales, gguf, threads=self.threads or 0, progress=False)
             base = self.model_path(model)

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sealgguf.errors import SealError
-from sealgguf.eval.runner import LlamaRunner, RopeOptions
+from sealgguf.eval.runner import LlamaRunner
+from sealgguf.rope import RopeScaling
 from sealgguf.tasks import get_task, make_sample
-from sealgguf.tune.data import split_seeds
+from sealgguf.tasks.seeds import split_seeds
 
 
 @dataclass
@@ -19,8 +20,9 @@ class EvalOptions:
     lengths: list[int] = field(default_factory=lambda: [1024])
     samples: int = 20
     depths: list[float] | None = None       # None: each sample draws its own position
-    rope: RopeOptions = field(default_factory=RopeOptions)
+    rope: RopeScaling = field(default_factory=RopeScaling)
     threads: int | None = None
+    gpu_layers: int = 0                     # llama.cpp offload: 0 = CPU, -1 = all layers
     flash_attn: bool = True
     reuse_prefix: bool = True
     ppl_windows: int = 0                    # knowledge check: windows of 512 tokens (0 = skip)
@@ -33,15 +35,49 @@ def model_labels(paths: list[Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
-def evaluate(opt: EvalOptions) -> dict:
-    from tqdm import tqdm
+def check_options(opt: EvalOptions) -> int:
+    """Refuse impossible options before any model is loaded; return the context size to load with."""
+    from sealgguf.fold.gguf_file import open_gguf, read_layout
 
     if not 1 <= len(opt.models) <= 2:
         raise SealError("eval takes one model, or two with --compare")
+    if not opt.tasks:
+        raise SealError("--task: no task given")
     tasks = [get_task(t) for t in opt.tasks]
+    if not opt.lengths:
+        raise SealError("--lengths: no length given")
+    if any(n < 1 for n in opt.lengths):
+        raise SealError(f"--lengths must be positive token counts, got {opt.lengths}")
+    if opt.samples < 1:
+        raise SealError(f"--samples must be >= 1, got {opt.samples}")
+    if opt.depths is not None and (not opt.depths or any(not 0.0 <= d <= 1.0 for d in opt.depths)):
+        raise SealError(f"--depths must be fractions in [0, 1], got {opt.depths}")
+    if opt.ppl_windows < 0:
+        raise SealError(f"--ppl-windows must be >= 0, got {opt.ppl_windows}")
+    if opt.threads is not None and opt.threads < 1:
+        raise SealError(f"--threads must be >= 1, got {opt.threads}")
+    if opt.gpu_layers < -1:
+        raise SealError(f"--gpu-layers must be -1 (all), 0 (CPU) or a positive count, got {opt.gpu_layers}")
     n_ctx = max(opt.lengths) + max(t.max_answer_tokens for t in tasks) + 8
+    for path in opt.models:
+        layout = read_layout(open_gguf(path), path)
+        limit = opt.rope.context(layout.context_length)
+        if layout.context_length and n_ctx > limit:
+            how = (f"with {opt.rope.kind} x{opt.rope.factor:g} it reaches {limit}" if opt.rope.active
+                   else "use --rope-scaling linear|yarn|ntk with --rope-factor F to go beyond it")
+            raise SealError(f"--lengths {max(opt.lengths)}: the prompt and answer need {n_ctx} tokens, but "
+                            f"{path.name} has a context of {layout.context_length} ({how})")
+    return n_ctx
+
+
+def evaluate(opt: EvalOptions) -> dict:
+    from tqdm import tqdm
+
+    n_ctx = check_options(opt)
+    tasks = [get_task(t) for t in opt.tasks]
     labels = model_labels(opt.models)
-    runners = [LlamaRunner(p, n_ctx, opt.threads, opt.flash_attn, opt.rope, opt.reuse_prefix) for p in opt.models]
+    runners = [LlamaRunner(p, n_ctx, opt.threads, opt.flash_attn, opt.rope, opt.reuse_prefix, opt.gpu_layers)
+               for p in opt.models]
     encoder = runners[0].encoder
     depths = opt.depths or [None]
 
@@ -74,10 +110,10 @@ def evaluate(opt: EvalOptions) -> dict:
         r.pop("sample")
 
     report = {"models": labels, "paths": [str(p) for p in opt.models], "tasks": opt.tasks,
-              "lengths": opt.lengths, "depths": opt.depths, "samples": opt.samples,
+              "lengths": opt.lengths, "depths": opt.depths, "samples": opt.samples, "seed": opt.seed,
               "rope": {"kind": opt.rope.kind, "factor": opt.rope.factor}, "records": records, "timing": timing}
     if opt.ppl_windows:
         from sealgguf.eval.knowledge import knowledge_check
 
-        report["knowledge"] = knowledge_check(opt.models, labels, opt.ppl_windows, opt.threads)
+        report["knowledge"] = knowledge_check(opt.models, labels, opt.ppl_windows, opt.threads, opt.gpu_layers)
     return report

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sealgguf.errors import SealError
+
 WINDOW = 512
-KNOWLEDGE_SENTENCES = 2000  # the last sentences of the essay corpus; nothing trains on them
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -19,16 +20,17 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def knowledge_text() -> str:
     """Essay text from the end of the corpus (the knowledge-keeping term trains on the start)."""
-    from sealgguf.tasks.words import essay_sentences
+    from sealgguf.tasks.words import knowledge_sentences
 
-    return " ".join(essay_sentences()[-KNOWLEDGE_SENTENCES:])
+    return " ".join(knowledge_sentences())
 
 
-def knowledge_check(models: list[Path], labels: list[str], n_windows: int, threads: int | None) -> dict:
-    from llama_cpp import Llama
+def knowledge_check(models: list[Path], labels: list[str], n_windows: int, threads: int | None,
+                    gpu_layers: int = 0) -> dict:
+    from sealgguf.eval.backend import load_llama
 
-    llms = [Llama(model_path=str(p), n_ctx=WINDOW, n_batch=WINDOW, logits_all=True, verbose=False,
-                  n_threads=threads or os.cpu_count()) for p in models]
+    llms = [load_llama(p, gpu_layers, n_ctx=WINDOW, n_batch=WINDOW, logits_all=True,
+                       n_threads=threads or os.cpu_count()) for p in models]
     ids = llms[0].tokenize(knowledge_text().encode("utf-8"), add_bos=True)
     nll = np.zeros(len(llms))
     kl_sum, n = 0.0, 0
@@ -49,6 +51,8 @@ def knowledge_check(models: list[Path], labels: list[str], n_windows: int, threa
         n += WINDOW - 1
     for llm in llms:
         llm.close()
+    if n == 0:
+        raise SealError(f"knowledge check: the held-out essay text has fewer than {WINDOW} tokens")
     out = {"tokens": n, "perplexity": {lab: float(np.exp(nll[i] / n)) for i, lab in enumerate(labels)}}
     if len(llms) == 2:
         out["mean_kl"] = kl_sum / n

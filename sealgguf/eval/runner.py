@@ -4,56 +4,30 @@ task's answer prefix, with the KV cache reused across samples that share a token
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from sealgguf.errors import SealError
+from sealgguf.eval.backend import load_llama
+from sealgguf.rope import RopeScaling
 from sealgguf.tokens import PromptEncoder, gguf_adds_bos
-
-
-@dataclass
-class RopeOptions:
-    kind: str = "none"     # none | linear | yarn | ntk
-    factor: float = 1.0
-    self_extend: tuple[int, int] | None = None  # reserved: (group size, window)
-
-    def llama_kwargs(self, head_dim: int, base: float, n_ctx_orig: int) -> dict:
-        from llama_cpp import LLAMA_ROPE_SCALING_TYPE_LINEAR, LLAMA_ROPE_SCALING_TYPE_YARN
-
-        from sealgguf.fold.rope import ntk_base
-
-        if self.kind == "none":
-            return {}
-        if self.kind == "linear":
-            return {"rope_scaling_type": LLAMA_ROPE_SCALING_TYPE_LINEAR, "rope_freq_scale": 1.0 / self.factor}
-        if self.kind == "yarn":
-            return {"rope_scaling_type": LLAMA_ROPE_SCALING_TYPE_YARN, "rope_freq_scale": 1.0 / self.factor,
-                    "yarn_orig_ctx": n_ctx_orig}
-        if self.kind == "ntk":
-            return {"rope_freq_base": ntk_base(base, self.factor, head_dim)}
-        raise SealError(f"unknown rope scaling {self.kind!r} (choose from: none, linear, yarn, ntk)")
 
 
 class LlamaRunner:
     """One GGUF loaded in llama.cpp for greedy, prefix-reusing generation."""
 
     def __init__(self, path: str | Path, n_ctx: int, threads: int | None = None, flash_attn: bool = True,
-                 rope: RopeOptions | None = None, reuse_prefix: bool = True):
-        from llama_cpp import Llama
-
+                 rope: RopeScaling = RopeScaling(), reuse_prefix: bool = True, gpu_layers: int = 0):
         from sealgguf.fold.gguf_file import field_value, open_gguf, read_layout
 
         self.path = Path(path)
         reader = open_gguf(self.path)
         layout = read_layout(reader, self.path)
-        rope = rope or RopeOptions()
         base = float(field_value(reader, f"{layout.arch}.rope.freq_base", 10000.0))
-        kwargs = rope.llama_kwargs(layout.head_dim, base, layout.context_length)
-        self.llm = Llama(model_path=str(self.path), n_ctx=n_ctx, n_batch=512, n_ubatch=512,
-                         n_threads=threads or os.cpu_count(), flash_attn=flash_attn, verbose=False,
-                         swa_full=True, **kwargs)
+        kwargs = rope.llama_kwargs(base, layout.context_length, layout.head_dim)
+        self.llm = load_llama(self.path, gpu_layers, n_ctx=n_ctx, n_batch=512, n_ubatch=512,
+                              n_threads=threads or os.cpu_count(), flash_attn=flash_attn, swa_full=True, **kwargs)
         self.reuse_prefix = reuse_prefix
         self.tokens_processed = 0
         template = field_value(reader, "tokenizer.chat_template")

@@ -18,21 +18,48 @@ from typing import Any
 
 import numpy as np
 
-from sealgguf.errors import SealError
+from sealgguf.errors import EnvironmentProblem, SealError
+from sealgguf.layout import AttentionLayout
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 ATTN_OUTPUT = re.compile(r"^blk\.(\d+)\.attn_output\.weight$")
+LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
 # A tensor-info record is at least 8 (name length) + 1 + 4 (n_dims) + 8 + 4 (type) + 8 (offset) bytes,
 # a key-value pair at least 8 + 1 + 4 + 1; counts beyond what the file could hold are forged.
 MIN_TENSOR_INFO_BYTES, MIN_KV_BYTES = 33, 14
-MAX_DIMS = 4
+# Limits from llama.cpp's loader (ggml/src/gguf.cpp, ggml.h).
+MAX_DIMS = 4                 # GGML_MAX_DIMS
+MAX_NAME = 64                # GGML_MAX_NAME, terminating zero included
+MAX_STRING = MAX_ARRAY = 1 << 30
+INT64_MAX = (1 << 63) - 1
 
 # GGUFValueType -> struct format of a scalar
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
-STRING, ARRAY = 8, 9
+UINT32, INT32, FLOAT32, STRING, ARRAY = 4, 5, 6, 8, 9
+_TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 8: "string",
+               9: "array", 10: "u64", 11: "i64", 12: "f64"}
+
+# Keys llama.cpp reads with one fixed type (its model loader refuses any other); "{arch}" is the
+# architecture. A per-layer key may also be an array of i32/u32 with one entry per layer.
+KEY_TYPES: dict[str, int] = {
+    "general.alignment": UINT32,
+    "general.architecture": STRING,
+    "{arch}.context_length": UINT32,
+    "{arch}.block_count": UINT32,
+    "{arch}.embedding_length": UINT32,
+    "{arch}.attention.head_count": UINT32,
+    "{arch}.attention.head_count_kv": UINT32,
+    "{arch}.attention.key_length": UINT32,
+    "{arch}.attention.value_length": UINT32,
+    "{arch}.rope.freq_base": FLOAT32,
+    "{arch}.rope.scaling.type": STRING,
+    "{arch}.rope.scaling.factor": FLOAT32,
+    "{arch}.rope.scaling.original_context_length": UINT32,
+}
+PER_LAYER_KEYS = ("{arch}.attention.head_count", "{arch}.attention.head_count_kv")
 
 
 class _Truncated(Exception):
@@ -48,6 +75,11 @@ class Field:
     end: int
     value_start: int      # where the value (after the type code) begins
 
+    @property
+    def type_name(self) -> str:
+        t = _TYPE_NAMES.get(self.vtype, str(self.vtype))
+        return f"array of {_TYPE_NAMES.get(self.sub_type, str(self.sub_type))}" if self.vtype == ARRAY else t
+
 
 @dataclass
 class TensorInfo:
@@ -59,23 +91,41 @@ class TensorInfo:
 
 
 class GGUFFile:
-    """A read-only, memory-mapped GGUF file: fields and tensor table parsed, values decoded lazily."""
+    """A read-only, memory-mapped GGUF file: header validated, fields and tensor table parsed, values
+    decoded lazily.
+
+    Validation refuses what llama.cpp's loader (ggml/src/gguf.cpp) refuses, with the key or tensor
+    named: bad magic or version, duplicate or empty keys, unknown value types, arrays of arrays,
+    strings and arrays past the end of the file, general.alignment not a u32 power of two, duplicate,
+    empty or over-long tensor names, more than 4 dimensions, element counts that overflow int64,
+    unknown ggml types, rows that are not whole blocks, and tensor data not laid out in table order at
+    aligned offsets inside the file (so no two tensors can overlap). It also refuses zero dimensions.
+    Key types llama.cpp fixes (KEY_TYPES) are checked by the typed getters and by `read_layout`.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        if not self.path.exists():
+            raise EnvironmentProblem(f"{self.path}: no such GGUF file")
         if not self.path.is_file():
-            raise SealError(f"{self.path}: no such GGUF file")
+            raise SealError(f"{self.path}: not a regular file")
         self.size = self.path.stat().st_size
         if self.size < 24:
             raise SealError(f"{self.path}: file is {self.size} bytes, too short for a GGUF header")
-        with open(self.path, "rb") as f:
-            self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            with open(self.path, "rb") as f:
+                self.buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except PermissionError:
+            raise EnvironmentProblem(f"{self.path}: permission denied") from None
         try:
             self._parse()
         except _Truncated:
             raise SealError(f"{self.path}: truncated GGUF (header runs past the end of the file)") from None
-        except (UnicodeDecodeError, ValueError) as e:
-            raise SealError(f"{self.path}: corrupt GGUF header ({e})") from None
+        except UnicodeDecodeError:
+            raise SealError(f"{self.path}: corrupt GGUF header (a key, tensor name or string is not UTF-8)") from None
+
+    def _fail(self, what: str) -> SealError:
+        return SealError(f"{self.path}: {what}")
 
     # -- low-level reads -------------------------------------------------------------------
     def _read(self, fmt: str, pos: int) -> tuple[Any, int]:
@@ -86,86 +136,155 @@ class GGUFFile:
 
     def _string(self, pos: int) -> tuple[str, int]:
         n, pos = self._read("<Q", pos)
-        if pos + n > self.size:
+        if n > MAX_STRING or pos + n > self.size:
             raise _Truncated()
         return bytes(self.buf[pos:pos + n]).decode("utf-8"), pos + n
 
-    def _skip_value(self, vtype: int, pos: int) -> int:
+    def _skip_value(self, key: str, vtype: int, pos: int) -> int:
         if vtype in _SCALAR:
             return pos + struct.calcsize(_SCALAR[vtype])
         if vtype == STRING:
             n, pos = self._read("<Q", pos)
+            if n > MAX_STRING:
+                raise self._fail(f"key '{key}': string of {n} bytes exceeds llama.cpp's limit")
             return pos + n
         if vtype == ARRAY:
             sub, pos = self._read("<I", pos)
             count, pos = self._read("<Q", pos)
+            if sub == ARRAY:
+                raise self._fail(f"key '{key}' is an array of arrays (llama.cpp does not accept nested arrays)")
+            if sub not in _SCALAR and sub != STRING:
+                raise self._fail(f"key '{key}' is an array of invalid GGUF type {sub}")
+            if count > MAX_ARRAY:
+                raise self._fail(f"key '{key}': array of {count} elements exceeds llama.cpp's limit")
             if sub in _SCALAR:
                 return pos + count * struct.calcsize(_SCALAR[sub])
-            if count * 8 > self.size:
-                raise ValueError(f"array of {count} elements cannot fit in the file")
+            if pos + count * 8 > self.size:
+                raise _Truncated()
             for _ in range(count):
-                pos = self._skip_value(sub, pos)
+                n, pos = self._read("<Q", pos)
+                pos += n
                 if pos > self.size:
                     raise _Truncated()
             return pos
-        raise ValueError(f"unknown metadata value type {vtype}")
+        raise self._fail(f"key '{key}' has invalid GGUF type {vtype}")
 
     def _parse(self) -> None:
-        p = self.path
         if self.buf[:4] != GGUF_MAGIC:
-            raise SealError(f"{p}: not a GGUF file (magic is {bytes(self.buf[:4])!r}, expected b'GGUF')")
+            raise self._fail(f"not a GGUF file (magic is {bytes(self.buf[:4])!r}, expected b'GGUF')")
         self.version, n_tensors, n_kv = struct.unpack_from("<IQQ", self.buf, 4)
         if self.version not in (2, 3):
-            raise SealError(f"{p}: unsupported GGUF version {self.version} (expected 2 or 3)")
+            raise self._fail(f"unsupported GGUF version {self.version} (expected 2 or 3)")
         if n_tensors * MIN_TENSOR_INFO_BYTES > self.size:
-            raise SealError(f"{p}: header claims {n_tensors} tensors, more than a {self.size}-byte file can hold (truncated or forged)")
+            raise self._fail(f"header claims {n_tensors} tensors, more than a {self.size}-byte file can hold "
+                             "(truncated or forged)")
         if n_kv * MIN_KV_BYTES > self.size:
-            raise SealError(f"{p}: header claims {n_kv} metadata keys, more than a {self.size}-byte file can hold (truncated or forged)")
+            raise self._fail(f"header claims {n_kv} metadata keys, more than a {self.size}-byte file can hold "
+                             "(truncated or forged)")
         pos = 24
         self.fields: dict[str, Field] = {}
-        for _ in range(n_kv):
+        for i in range(n_kv):
             start = pos
             name, pos = self._string(pos)
+            if not name:
+                raise self._fail(f"metadata key {i} is empty")
+            if name in self.fields:
+                raise self._fail(f"duplicate metadata key '{name}'")
             vtype, pos = self._read("<I", pos)
-            sub = struct.unpack_from("<I", self.buf, pos)[0] if vtype == ARRAY and pos + 4 <= self.size else None
-            end = self._skip_value(vtype, pos)
+            sub = self._read("<I", pos)[0] if vtype == ARRAY else None
+            end = self._skip_value(name, vtype, pos)
             if end > self.size:
                 raise _Truncated()
             self.fields[name] = Field(name, vtype, sub, start, end, pos)
             pos = end
         self.kv_end = pos
-        self.alignment = int(self.value("general.alignment", DEFAULT_ALIGNMENT))
+        self.alignment = self.get("general.alignment", DEFAULT_ALIGNMENT)
         if self.alignment <= 0 or self.alignment & (self.alignment - 1):
-            raise SealError(f"{p}: general.alignment {self.alignment} is not a power of two")
+            raise self._fail(f"general.alignment {self.alignment} is not a power of two")
 
         import gguf
 
         self.tensors: list[TensorInfo] = []
-        for _ in range(n_tensors):
+        names: set[str] = set()
+        for i in range(n_tensors):
             name, pos = self._string(pos)
+            if not name or len(name.encode("utf-8")) >= MAX_NAME:
+                raise self._fail(f"tensor {i} has a name of {len(name)} characters (must be 1..{MAX_NAME - 1} bytes)")
+            if name in names:
+                raise self._fail(f"duplicate tensor name '{name}'")
+            names.add(name)
             n_dims, pos = self._read("<I", pos)
             if not 1 <= n_dims <= MAX_DIMS:
-                raise SealError(f"{p}: tensor {name} has {n_dims} dimensions")
-            shape = struct.unpack_from(f"<{n_dims}Q", self.buf, pos) if pos + 8 * n_dims <= self.size else None
-            if shape is None:
+                raise self._fail(f"tensor '{name}' has {n_dims} dimensions (must be 1..{MAX_DIMS})")
+            if pos + 8 * n_dims > self.size:
                 raise _Truncated()
+            shape = struct.unpack_from(f"<{n_dims}Q", self.buf, pos)
             pos += 8 * n_dims
+            n_el = 1
+            for d in shape:
+                if not 1 <= d <= INT64_MAX:
+                    raise self._fail(f"tensor '{name}' has a dimension of {d} (must be 1..2^63-1)")
+                n_el *= d
+                if n_el > INT64_MAX:
+                    raise self._fail(f"tensor '{name}' shape {list(shape)} overflows int64 elements")
             type_id, pos = self._read("<I", pos)
             offset, pos = self._read("<Q", pos)
             try:
                 block, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(type_id)]
             except (ValueError, KeyError):
-                raise SealError(f"{p}: tensor {name} has unknown ggml type {type_id}") from None
-            n_el = int(np.prod(shape, dtype=np.uint64)) if shape else 0
+                raise self._fail(f"tensor '{name}' has unknown ggml type {type_id}") from None
             if shape[0] % block:
-                raise SealError(f"{p}: tensor {name}: row of {shape[0]} values is not a whole number of blocks")
+                raise self._fail(f"tensor '{name}': row of {shape[0]} values is not a whole number of "
+                                 f"{block}-value blocks")
             self.tensors.append(TensorInfo(name, tuple(int(s) for s in shape), type_id, offset,
                                            n_el // block * type_size))
         self.ti_end = pos
         self.data_offset = -(-pos // self.alignment) * self.alignment
+        # llama.cpp's rule: tensor data in table order, each at the aligned end of the one before.
+        expected = 0
         for t in self.tensors:
+            if t.offset != expected:
+                raise self._fail(f"tensor '{t.name}' has data offset {t.offset}, expected {expected} (tensor data "
+                                 "must follow the table order at aligned offsets; overlapping or forged table)")
             if self.data_offset + t.offset + t.n_bytes > self.size:
-                raise SealError(f"{p}: tensor {t.name} runs past the end of the file (truncated?)")
+                raise self._fail(f"tensor '{t.name}' runs past the end of the file (truncated?)")
+            expected += -(-t.n_bytes // self.alignment) * self.alignment
+
+    # -- typed values ----------------------------------------------------------------------
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of `key`, checked against the type llama.cpp requires when KEY_TYPES names it
+        (with "{arch}" for this file's architecture)."""
+        f = self.fields.get(key)
+        if f is None:
+            return default
+        want = self._expected_type(key)
+        if want is not None:
+            per_layer = self._is_per_layer(key)
+            if f.vtype == ARRAY and per_layer and f.sub_type in (INT32, UINT32):
+                return self.value(key)
+            if f.vtype != want:
+                also = " or an array of i32/u32" if per_layer else ""
+                raise self._fail(f"metadata key '{key}' has type {f.type_name}, expected {_TYPE_NAMES[want]}{also}")
+        v = self.value(key)
+        if isinstance(v, float) and not np.isfinite(v):
+            raise self._fail(f"metadata key '{key}' is {v}, not a finite number")
+        return v
+
+    def _arch(self) -> str | None:
+        f = self.fields.get("general.architecture")
+        return self.value("general.architecture") if f is not None and f.vtype == STRING else None
+
+    def _expected_type(self, key: str) -> int | None:
+        if key in KEY_TYPES:
+            return KEY_TYPES[key]
+        arch = self._arch()
+        if arch and key.startswith(arch + "."):
+            return KEY_TYPES.get("{arch}" + key[len(arch):])
+        return None
+
+    def _is_per_layer(self, key: str) -> bool:
+        arch = self._arch()
+        return bool(arch) and key.startswith(arch + ".") and "{arch}" + key[len(arch):] in PER_LAYER_KEYS
 
     # -- values ----------------------------------------------------------------------------
     def _decode(self, vtype: int, pos: int) -> tuple[Any, int]:
@@ -209,59 +328,57 @@ def open_gguf(path: str | Path) -> GGUFFile:
 
 
 def field_value(reader: GGUFFile, key: str, default=None):
-    """The Python value of metadata key `key` (str, number, or list), or `default`."""
-    return reader.value(key, default)
+    """The value of metadata key `key` (str, number, or list), type-checked, or `default`."""
+    return reader.get(key, default)
 
 
-@dataclass(frozen=True)
-class AttentionLayout:
-    arch: str
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int  # width of one query head's output, i.e. attn_output input columns per head
-    context_length: int
-    attn_output_types: dict[str, int]  # ggml type name -> number of layers
-
-    @property
-    def n_cols(self) -> int:
-        return self.n_head * self.head_dim
-
-
-def read_layout(reader: GGUFFile, path: str | Path) -> AttentionLayout:
-    arch = reader.value("general.architecture")
-    if not isinstance(arch, str):
+def read_layout(reader: GGUFFile, path: str | Path | None = None) -> AttentionLayout:
+    """The attention layout from a GGUF's metadata, every key type- and range-checked, every
+    `blk.N.` tensor within the block count, one attn_output per layer with n_head * head_dim columns."""
+    path = path or reader.path
+    arch = reader.get("general.architecture")
+    if not arch:
         raise SealError(f"{path}: metadata key general.architecture is missing")
 
-    def need_int(key: str) -> int:
-        v = reader.value(f"{arch}.{key}")
+    def positive(key: str, default: int | None = None) -> int:
+        v = reader.get(f"{arch}.{key}")
+        if v is None and default is not None:
+            return default
         if isinstance(v, list):  # per-layer arrays: SEAL needs one layout for all layers
-            if len(set(v)) != 1:
-                raise SealError(f"{path}: {arch}.{key} differs between layers ({v[:4]}...); not supported")
+            if not v or len(set(v)) != 1:
+                raise SealError(f"{path}: metadata key {arch}.{key} differs between layers ({v[:4]}...); "
+                                "not supported")
             v = v[0]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        if v is None or v <= 0:
             raise SealError(f"{path}: metadata key {arch}.{key} is missing or not a positive integer")
-        return v
+        return int(v)
 
-    n_layer = need_int("block_count")
-    n_head = need_int("attention.head_count")
-    n_head_kv = int(reader.value(f"{arch}.attention.head_count_kv", n_head) or n_head)
-    n_embd = need_int("embedding_length")
-    head_dim = reader.value(f"{arch}.attention.value_length") or reader.value(
-        f"{arch}.attention.key_length") or n_embd // n_head
-    context_length = int(reader.value(f"{arch}.context_length", 0) or 0)
+    n_layer = positive("block_count")
+    n_head = positive("attention.head_count")
+    n_head_kv = positive("attention.head_count_kv", n_head)
+    if n_head % n_head_kv:
+        raise SealError(f"{path}: {arch}.attention.head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
+    n_embd = positive("embedding_length")
+    head_dim = positive("attention.value_length", 0) or positive("attention.key_length", 0) or n_embd // n_head
+    if head_dim <= 0:
+        raise SealError(f"{path}: head_dim is 0 ({arch}.embedding_length {n_embd} < head_count {n_head})")
+    context_length = positive("context_length", 0)
+    reader.get(f"{arch}.rope.freq_base")  # type check: llama.cpp reads it as f32
 
     types: dict[str, int] = {}
-    found = 0
+    found: set[int] = set()
     for t in reader.tensors:
+        m = LAYER_TENSOR.match(t.name)
+        if m and int(m.group(1)) >= n_layer:
+            raise SealError(f"{path}: tensor {t.name} names layer {m.group(1)}, but {arch}.block_count is {n_layer}")
         if not ATTN_OUTPUT.match(t.name):
             continue
-        found += 1
-        if t.shape[0] != n_head * int(head_dim):
+        found.add(int(m.group(1)))
+        if t.shape[0] != n_head * head_dim:
             raise SealError(f"{path}: tensor {t.name} has {t.shape[0]} input columns, expected n_head * head_dim "
                             f"= {n_head} * {head_dim}")
         name = reader.type_name(t)
         types[name] = types.get(name, 0) + 1
-    if found != n_layer:
-        raise SealError(f"{path}: found {found} blk.N.attn_output.weight tensors, expected {n_layer}")
-    return AttentionLayout(arch, n_layer, n_head, n_head_kv, int(head_dim), context_length, types)
+    if len(found) != n_layer:
+        raise SealError(f"{path}: found {len(found)} blk.N.attn_output.weight tensors, expected {n_layer}")
+    return AttentionLayout(arch, n_layer, n_head, n_head_kv, head_dim, context_length, types)

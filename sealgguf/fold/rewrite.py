@@ -22,12 +22,24 @@ import numpy as np
 
 from sealgguf import __version__
 from sealgguf.errors import SealError
-from sealgguf.fold.gguf_file import ATTN_OUTPUT, STRING, _SCALAR, AttentionLayout, GGUFFile, TensorInfo, read_layout
-from sealgguf.fold.rope import rope_overrides
+from sealgguf.fold.gguf_file import ATTN_OUTPUT, STRING, _SCALAR, GGUFFile, TensorInfo, read_layout
 from sealgguf.fsutil import atomic_output, sha256_file
+from sealgguf.layout import AttentionLayout
+from sealgguf.rope import RopeScaling
 from sealgguf.scales import Scales, load as load_scales
 
-FOLDABLE = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K"
+# A folded head may differ from the exactly scaled weights by requantization (~0.09 relative RMSE for
+# Q4_1); a head zeroed by fp16 underflow differs by 1.0. Anything past this is refused.
+MAX_HEAD_REL_ERROR = 0.5
+
+
+def foldable_types() -> list[str]:
+    """The ggml types the C++ engine folds (asked of the engine, so the list cannot drift)."""
+    import gguf
+
+    from sealgguf import _core
+
+    return [t.name for t in gguf.GGMLQuantizationType if _core.supported(int(t))]
 
 
 @dataclass
@@ -71,11 +83,36 @@ def fold_tensor(src: GGUFFile, t: TensorInfo, scales: Scales, layout: AttentionL
 
     layer = int(ATTN_OUTPUT.match(t.name).group(1))
     if not _core.supported(t.type_id):
-        raise SealError(f"{src.path}: tensor {t.name}: cannot fold type {src.type_name(t)} (supported: {FOLDABLE})")
-    new, stats = _core.fold(src.tensor_data(t), t.type_id, layout.n_cols,
-                            scales.column_scales(layer, layout.head_dim), threads)
+        raise SealError(f"{src.path}: tensor {t.name}: cannot fold type {src.type_name(t)} "
+                        f"(supported: {', '.join(foldable_types())})")
+    cols = scales.column_scales(layer, layout.head_dim)
+    new, stats = _core.fold(src.tensor_data(t), t.type_id, layout.n_cols, cols, threads)
     stats["type"] = src.type_name(t)
+    check_folded(src, t, new, cols, layer, layout)
     return new.reshape(-1), stats
+
+
+def check_folded(src: GGUFFile, t: TensorInfo, new: np.ndarray, cols: np.ndarray, layer: int,
+                 layout: AttentionLayout) -> None:
+    """Refuse a fold whose result is not the scaled weights: values that are not finite (a scale times
+    a block scale overflowed fp16) or heads lost to fp16 underflow. Names the layer and head."""
+    from sealgguf import _core
+
+    got = _core.dequantize(new.reshape(-1), t.type_id, layout.n_cols)
+    want = _core.dequantize(src.tensor_data(t), t.type_id, layout.n_cols) * cols
+    for h in range(layout.n_head):
+        sl = slice(h * layout.head_dim, (h + 1) * layout.head_dim)
+        scale = cols[sl]
+        g, w = got[:, sl], want[:, sl]
+        what = f"scale {float(np.abs(scale).max()):.3g} on layer {layer} head {h} ({src.type_name(t)} {t.name})"
+        if not np.isfinite(g).all() or not np.isfinite(w).all():
+            raise SealError(f"{what} overflows: the folded weights are not finite (fp16 block scales top out at 65504)")
+        norm = float(np.sqrt(np.square(w, dtype=np.float64).sum()))
+        if norm > 0:
+            err = float(np.sqrt(np.square(g - w, dtype=np.float64).sum())) / norm
+            if err > MAX_HEAD_REL_ERROR:
+                raise SealError(f"{what} underflows: the folded head differs from the scaled weights by "
+                                f"{err:.0%} (fp16 block scales cannot hold values that small)")
 
 
 def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
@@ -94,8 +131,11 @@ def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
 def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str | os.PathLike,
               threads: int = 0, progress: bool = False) -> FoldResult:
     model, out = Path(model), Path(out)
-    if out.exists() and out.resolve() == model.resolve():
-        raise SealError(f"{out}: output would overwrite the input model; choose another -o path")
+    for name, src in (("model", model), ("scales file", Path(scales_path))):
+        if out.exists() and src.exists() and os.path.samefile(out, src):
+            raise SealError(f"{out}: output would overwrite the input {name}; choose another -o path")
+    if out.is_dir():
+        raise SealError(f"{out}: is a folder; -o takes the path of the GGUF to write")
     pool = ThreadPoolExecutor(max_workers=1)
     source_hash = pool.submit(sha256_file, model)  # hashlib releases the GIL: runs beside the work below
     try:
@@ -124,7 +164,9 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
         folded[t.name], result.tensors[t.name] = fold_tensor(src, t, scales, layout, threads)
 
     V = gguf.GGUFValueType
-    new_keys = rope_overrides(layout.arch, scales.metadata, src)
+    rope = RopeScaling.from_json(scales.metadata.get("rope_scaling"), str(scales_path))
+    new_keys = rope.gguf_keys(layout.arch, float(src.get(f"{layout.arch}.rope.freq_base", 10000.0)),
+                              layout.context_length)
     new_keys.update({
         "seal.version": (__version__, V.STRING),
         "seal.granularity": (scales.granularity, V.STRING),
@@ -168,4 +210,23 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
             cursor = start + t.n_bytes
         _copy_range(fin.fileno(), fout.fileno(), cursor, src.size)
         os.pwrite(fout.fileno(), source_hash.result().encode("ascii"), hash_at)
+        fout.flush()
+        verify_written(tmp, out)
     return result
+
+
+def verify_written(tmp: Path, out: Path) -> None:
+    """Read the written file back before it replaces anything: its header must pass the same validation
+    as any input, and every attn_output weight must dequantize to finite values."""
+    from sealgguf import _core
+
+    try:
+        written = GGUFFile(tmp)
+        layout = read_layout(written, out)
+    except SealError as e:
+        raise SealError(f"{out}: internal check of the written file failed ({e}); nothing was written") from None
+    for t in written.tensors:
+        if ATTN_OUTPUT.match(t.name):
+            values = _core.dequantize(written.tensor_data(t), t.type_id, layout.n_cols)
+            if not np.isfinite(values).all():
+                raise SealError(f"{out}: {t.name} would not be finite; nothing was written")

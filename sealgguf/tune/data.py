@@ -8,14 +8,8 @@ import torch
 
 from sealgguf.tasks import get_task, make_sample
 from sealgguf.tasks.base import Sample
+from sealgguf.tasks.seeds import split_seeds
 from sealgguf.tokens import PromptEncoder
-
-# Disjoint seed ranges, so training, validation and evaluation never share a sample.
-SPLIT_BASE = {"train": 0, "val": 500_000, "eval": 900_000}
-
-
-def split_seeds(split: str, n: int, seed: int = 0) -> list[int]:
-    return [seed * 1_000_000 + SPLIT_BASE[split] + i for i in range(n)]
 
 
 @dataclass
@@ -39,11 +33,10 @@ def make_examples(tasks: list[str], n: int, length: int, encoder: PromptEncoder,
 
 def anchor_windows(encoder: PromptEncoder, n: int, window: int = 256) -> list[torch.Tensor]:
     """n windows of plain essay text for the knowledge-keeping term. They come from the start of the
-    corpus; the perplexity check (sealgguf.eval.knowledge) reads its text from the end."""
-    from sealgguf.eval.knowledge import KNOWLEDGE_SENTENCES
-    from sealgguf.tasks.words import essay_sentences
+    corpus; the knowledge check reads its text from the end (sealgguf.tasks.words)."""
+    from sealgguf.tasks.words import anchor_sentences
 
-    sentences = essay_sentences()[:-KNOWLEDGE_SENTENCES]
+    sentences = anchor_sentences()
     bos = [encoder.bos_id] if encoder.bos_id is not None else []
     ids = encoder.encode(" ".join(sentences[: 40 * n]))
     width = window - len(bos)

@@ -7,7 +7,6 @@ very weights that ship. A Hugging Face folder loads as usual.
 from __future__ import annotations
 
 import contextlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,26 +14,17 @@ import torch
 from torch import nn
 
 from sealgguf.errors import SealError
+from sealgguf.layout import AttentionLayout
+from sealgguf.rope import RopeScaling
 from sealgguf.tokens import PromptEncoder
 
 SUPPORTED_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text", "gemma2", "phi3")
-ROPE_KINDS = ("none", "linear", "yarn", "ntk")
-
-
-@dataclass
-class HeadLayout:
-    arch: str
-    n_layer: int
-    n_head: int
-    n_head_kv: int
-    head_dim: int
-    context_length: int
 
 
 class SealScales(nn.Module):
     """SEAL-H: scales [n_layer, n_head]; SEAL-C: [n_layer, n_head, head_dim]. Start at 1.0 (no change)."""
 
-    def __init__(self, layout: HeadLayout, granularity: str):
+    def __init__(self, layout: AttentionLayout, granularity: str):
         super().__init__()
         shape = (layout.n_layer, layout.n_head) + ((layout.head_dim,) if granularity == "channel" else ())
         self.head_dim = layout.head_dim
@@ -80,7 +70,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def head_layout(config) -> HeadLayout:
+def head_layout(config) -> AttentionLayout:
     cfg = getattr(config, "text_config", None) or config
     arch = cfg.model_type
     if arch not in SUPPORTED_ARCHS:
@@ -89,37 +79,19 @@ def head_layout(config) -> HeadLayout:
     if not n_head:
         raise SealError(f"model config ({arch}) has no num_attention_heads")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
-    return HeadLayout(arch, cfg.num_hidden_layers, n_head, getattr(cfg, "num_key_value_heads", None) or n_head,
+    return AttentionLayout(arch, cfg.num_hidden_layers, n_head, getattr(cfg, "num_key_value_heads", None) or n_head,
                       head_dim, int(getattr(cfg, "max_position_embeddings", 0) or 0))
 
 
-def rope_spec(kind: str, factor: float, layout: HeadLayout, n_ctx: int) -> dict | None:
-    if kind == "none":
-        return None
-    if kind not in ROPE_KINDS:
-        raise SealError(f"unknown rope scaling {kind!r} (choose from: {', '.join(ROPE_KINDS)})")
-    if not factor or factor <= 1.0:
-        raise SealError(f"--rope-factor must be > 1 with --rope-scaling {kind}, got {factor}")
-    return {"type": kind, "factor": factor, "original_context_length": n_ctx, "head_dim": layout.head_dim}
-
-
-def _apply_rope(config, spec: dict | None) -> None:
+def _apply_rope(config, rope: RopeScaling) -> None:
     """Set rope scaling on a transformers config (v4 `rope_scaling` or v5 `rope_parameters`)."""
-    if spec is None:
+    if not rope.active:
         return
-    from sealgguf.fold.rope import ntk_base
-
     cfg = getattr(config, "text_config", None) or config
     params = getattr(cfg, "rope_parameters", None)
     theta = (params or {}).get("rope_theta") if isinstance(params, dict) else None
     theta = theta or getattr(cfg, "rope_theta", 10000.0)
-    if spec["type"] == "ntk":
-        new = {"rope_type": "default", "rope_theta": ntk_base(theta, spec["factor"], spec["head_dim"])}
-    elif spec["type"] == "linear":
-        new = {"rope_type": "linear", "factor": spec["factor"], "rope_theta": theta}
-    else:
-        new = {"rope_type": "yarn", "factor": spec["factor"], "rope_theta": theta,
-               "original_max_position_embeddings": spec["original_context_length"]}
+    new = rope.transformers_params(theta)
     if isinstance(params, dict) and "full_attention" not in params:
         cfg.rope_parameters = new
     elif isinstance(params, dict):  # per-attention-type parameters (gemma3): scale the global layers
@@ -127,20 +99,20 @@ def _apply_rope(config, spec: dict | None) -> None:
     else:
         cfg.rope_theta = new["rope_theta"]
         cfg.rope_scaling = None if new["rope_type"] == "default" else new
-    cfg.max_position_embeddings = int(spec["original_context_length"] * spec["factor"])
+    cfg.max_position_embeddings = rope.context(rope.original_context_length)
 
 
 @dataclass
 class LoadedModel:
     model: nn.Module
-    layout: HeadLayout
+    layout: AttentionLayout
     encoder: PromptEncoder
     source: Path
     is_gguf: bool
-    rope_spec: str  # JSON of the rope scaling applied during tuning, "" for none
+    rope: RopeScaling  # applied during tuning (bound to the native window)
 
 
-def load(model_path: Path, device: str, rope: tuple[str, float] = ("none", 0.0)) -> LoadedModel:
+def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling()) -> LoadedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     is_gguf = model_path.is_file()
@@ -154,9 +126,8 @@ def load(model_path: Path, device: str, rope: tuple[str, float] = ("none", 0.0))
     except ValueError as e:
         raise SealError(f"{model_path}: transformers cannot load it ({str(e).splitlines()[0]})") from None
     layout = head_layout(config)
-    native = layout.context_length
-    spec = rope_spec(rope[0], rope[1], layout, native)
-    _apply_rope(config, spec)
+    rope = rope.bind(layout.context_length, layout.head_dim)
+    _apply_rope(config, rope)
     model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32, **kw)
     model.requires_grad_(False)
     model.to(device)
@@ -175,7 +146,7 @@ def load(model_path: Path, device: str, rope: tuple[str, float] = ("none", 0.0))
         bos_id=tok.bos_token_id if add_bos and tok.bos_token_id is not None else None,
         chat_template=getattr(tok, "chat_template", None), bos_text=tok.bos_token or "",
     )
-    return LoadedModel(model, layout, encoder, model_path, is_gguf, json.dumps(spec) if spec else "")
+    return LoadedModel(model, layout, encoder, model_path, is_gguf, rope)
 
 
 def enable_checkpointing(model: nn.Module) -> None:

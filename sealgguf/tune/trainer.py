@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from sealgguf.fsutil import atomic_output
 from sealgguf.tune.data import Example
 from sealgguf.tune.model import SealScales
 
@@ -88,7 +89,7 @@ def train(model, seal: SealScales, train_set: list[Example], val_set: list[Examp
         state = torch.load(cfg.checkpoint_path, map_location="cpu")
         seal.load_state_dict(state["seal"])
         opt.load_state_dict(state["opt"])
-        start, result.losses = state["step"], state["losses"]
+        start, result.losses, result.kls = state["step"], state["losses"], state.get("kls", [])
 
     rng = random.Random(cfg.seed)
     order = [i for _ in range(cfg.epochs) for i in rng.sample(range(len(train_set)), len(train_set))]
@@ -108,9 +109,11 @@ def train(model, seal: SealScales, train_set: list[Example], val_set: list[Examp
         result.losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{sum(result.losses[-10:]) / len(result.losses[-10:]):.3f}")
-        if cfg.checkpoint_every and cfg.checkpoint_path and (step + 1) % cfg.checkpoint_every == 0:
-            torch.save({"seal": seal.state_dict(), "opt": opt.state_dict(), "step": step + 1,
-                        "losses": result.losses}, cfg.checkpoint_path)
+        stepped = (step + 1) % cfg.grad_accum == 0  # no gradient half-accumulated: safe to save
+        if cfg.checkpoint_every and cfg.checkpoint_path and (step + 1) % cfg.checkpoint_every == 0 and stepped:
+            with atomic_output(cfg.checkpoint_path) as tmp:
+                torch.save({"seal": seal.state_dict(), "opt": opt.state_dict(), "step": step + 1,
+                            "losses": result.losses, "kls": result.kls}, tmp)
     bar.close()
     model.eval()
     result.val_after, result.val_loss_after = validate(model, val_set, device)
