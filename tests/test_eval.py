@@ -144,9 +144,10 @@ def test_prompt_longer_than_the_loaded_context_is_refused(smollm2):
     from sealgguf.errors import SealError
     from sealgguf.eval.runner import LlamaRunner
 
-    runner = LlamaRunner(smollm2, n_ctx=64, threads=2)
+    runner = LlamaRunner(smollm2, n_ctx=256, threads=2)
     try:
-        with pytest.raises(SealError, match="does not fit n_ctx 64"):
-            runner.generate(list(range(100, 160)), 8)
+        n_ctx = runner.llm.n_ctx()
+        with pytest.raises(SealError, match=f"does not fit n_ctx {n_ctx}"):
+            runner.generate(list(range(100, 100 + n_ctx)), 8)
     finally:
         runner.close()

@@ -52,7 +52,7 @@ def test_gate_options_are_checked():
 
 
 def test_json_document_is_versioned_and_junit_parses():
-    rep = _report([True, False, False, False], [True, True, False, False])
+    rep = _report([True, True, False, False], [True, False, False, False])
     checks = run_gate(Gate(0.5, 0.0), cells(rep), rep["models"])
     rep["gate"] = gate_record(Gate(0.5, 0.0), checks)
     doc = json.loads(json.dumps(json_document(rep)))
@@ -65,7 +65,8 @@ def test_json_document_is_versioned_and_junit_parses():
     suite = root.find("testsuite")
     assert int(suite.get("failures")) == 2 and int(suite.get("tests")) == 4 + len(checks)
     msgs = [f.get("message") for f in suite.iter("failure")]
-    assert "lines @1024: base accuracy 0.25 < --min-accuracy 0.50" in msgs
+    assert sorted(msgs) == ["lines @1024: new accuracy 0.25 < --min-accuracy 0.50",
+                            "lines @1024: new drops 0.25 > --max-drop 0.00"]
 
 
 @pytest.mark.slow
