@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -181,7 +182,7 @@ def _quiet_libraries() -> None:
 
 def cmd_inspect(args) -> int:
     from sealgguf.fold import exact_per_head, open_gguf, read_layout
-    from sealgguf.fold.gguf_file import field_value
+    from sealgguf.gguf_file import field_value
     from sealgguf.models import resolve
 
     path = resolve(args.model)
@@ -323,6 +324,16 @@ COMMANDS = {"inspect": cmd_inspect, "fold": cmd_fold, "tune": cmd_tune, "eval": 
             "demo": cmd_demo}
 
 
+def _printable(e: SealError) -> str:
+    """The message on one line: control characters from a hostile file (a key name with a newline) are
+    escaped. A gate failure keeps its one line per failing cell."""
+    from sealgguf.errors import GateFailed
+
+    text = str(e)
+    lines = text.split("\n") if isinstance(e, GateFailed) else [text]
+    return "\n".join(re.sub(r"[\x00-\x1f\x7f]", lambda m: f"\\x{ord(m.group()):02x}", line) for line in lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     ap = build_parser()
@@ -344,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     except SealError as e:
         if args.debug:
             raise
-        print(f"sealgguf: error: {e}", file=sys.stderr)
+        print(f"sealgguf: error: {_printable(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("sealgguf: interrupted", file=sys.stderr)

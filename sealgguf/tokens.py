@@ -30,7 +30,7 @@ class PromptEncoder:
 
 def gguf_adds_bos(reader) -> bool:
     """Whether llama.cpp prepends BOS for this GGUF (explicit key, else the vocab type's default)."""
-    from sealgguf.fold.gguf_file import field_value
+    from sealgguf.gguf_file import field_value
 
     explicit = field_value(reader, "tokenizer.ggml.add_bos_token")
     if explicit is not None:

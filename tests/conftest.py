@@ -41,7 +41,7 @@ def vocab_smollm2(smollm2):
     """llama.cpp's tokenizer for SmolLM2, without the weights."""
     from llama_cpp import Llama
 
-    from sealgguf.fold.gguf_file import open_gguf
+    from sealgguf.gguf_file import open_gguf
     from sealgguf.tokens import PromptEncoder, gguf_adds_bos
 
     llm = Llama(model_path=str(smollm2), vocab_only=True, verbose=False)

@@ -5,7 +5,7 @@ import pytest
 
 from sealgguf import _core, scales
 from sealgguf.fold import fold_file, open_gguf, read_layout
-from sealgguf.fold.gguf_file import ATTN_OUTPUT
+from sealgguf.gguf_file import ATTN_OUTPUT
 
 
 def _random_scales(path, layout, granularity, seed=0):

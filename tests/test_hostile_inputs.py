@@ -160,7 +160,7 @@ def test_sealed_file_gets_the_umask_mode(tiny):
 
 def test_refold_replaces_stale_seal_keys(tiny):
     """Folding an already sealed file: the new seal.* keys describe the new scales only."""
-    from sealgguf.fold.gguf_file import open_gguf
+    from sealgguf.gguf_file import open_gguf
 
     d, m = tiny
     model = d / "m.gguf"
@@ -220,3 +220,18 @@ def test_debug_shows_the_traceback(tmp_path):
 
     with pytest.raises(SealError):
         main(["--debug", "inspect", str(shutil.which("python3") or "/bin/sh")])
+
+
+def test_input_with_non_finite_weights_is_named(tiny):
+    d, m = tiny
+    data = bytearray(m.tensors[0][4])
+    data[0:2] = struct.pack("<e", float("nan"))  # the first Q4_0 block's fp16 scale
+    m.tensors[0][4] = bytes(data)
+    _fold(d, m.to_bytes(), "blk.0.attn_output.weight already holds values that are not finite")
+
+
+def test_control_characters_in_names_stay_on_one_line(tiny):
+    d, m = tiny
+    m.kvs[0][0] = "bad\nkey"
+    m.kvs.append(["bad\nkey", 4, fz._scalar(4, 1)])
+    _fold(d, m.to_bytes(), "duplicate metadata key 'bad\\x0akey'")

@@ -5,7 +5,7 @@ import pytest
 
 import ggml_ref
 from sealgguf import _core
-from sealgguf.fold.gguf_file import open_gguf
+from sealgguf.gguf_file import open_gguf
 
 
 def _data(rows=16, cols=1024, seed=0):

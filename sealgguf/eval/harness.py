@@ -37,7 +37,7 @@ def model_labels(paths: list[Path]) -> list[str]:
 
 def check_options(opt: EvalOptions) -> int:
     """Refuse impossible options before any model is loaded; return the context size to load with."""
-    from sealgguf.fold.gguf_file import open_gguf, read_layout
+    from sealgguf.gguf_file import open_gguf, read_layout
 
     if not 1 <= len(opt.models) <= 2:
         raise SealError("eval takes one model, or two with --compare")

@@ -19,7 +19,7 @@ class LlamaRunner:
 
     def __init__(self, path: str | Path, n_ctx: int, threads: int | None = None, flash_attn: bool = True,
                  rope: RopeScaling = RopeScaling(), reuse_prefix: bool = True, gpu_layers: int = 0):
-        from sealgguf.fold.gguf_file import field_value, open_gguf, read_layout
+        from sealgguf.gguf_file import field_value, open_gguf, read_layout
 
         self.path = Path(path)
         reader = open_gguf(self.path)

@@ -1,6 +1,6 @@
 """Fold SEAL scales into a quantized GGUF (the C++ engine does the block work)."""
 
-from sealgguf.fold.gguf_file import open_gguf, read_layout
+from sealgguf.gguf_file import open_gguf, read_layout
 from sealgguf.fold.rewrite import FoldResult, exact_per_head, fold_file, foldable_types
 
 __all__ = ["FoldResult", "exact_per_head", "fold_file", "foldable_types", "open_gguf", "read_layout"]

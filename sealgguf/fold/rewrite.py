@@ -22,7 +22,7 @@ import numpy as np
 
 from sealgguf import __version__
 from sealgguf.errors import SealError
-from sealgguf.fold.gguf_file import ATTN_OUTPUT, STRING, _SCALAR, GGUFFile, TensorInfo, read_layout
+from sealgguf.gguf_file import ATTN_OUTPUT, STRING, _SCALAR, GGUFFile, TensorInfo, read_layout
 from sealgguf.fsutil import atomic_output, sha256_file
 from sealgguf.layout import AttentionLayout
 from sealgguf.rope import RopeScaling
@@ -99,7 +99,11 @@ def check_folded(src: GGUFFile, t: TensorInfo, new: np.ndarray, cols: np.ndarray
     from sealgguf import _core
 
     got = _core.dequantize(new.reshape(-1), t.type_id, layout.n_cols)
-    want = _core.dequantize(src.tensor_data(t), t.type_id, layout.n_cols) * cols
+    original = _core.dequantize(src.tensor_data(t), t.type_id, layout.n_cols)
+    if not np.isfinite(original).all():
+        raise SealError(f"{src.path}: tensor {t.name} already holds values that are not finite; the input model "
+                        "is broken")
+    want = original * cols
     for h in range(layout.n_head):
         sl = slice(h * layout.head_dim, (h + 1) * layout.head_dim)
         scale = cols[sl]

@@ -118,7 +118,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling()) -> Lo
     is_gguf = model_path.is_file()
     folder, kw = (model_path.parent, {"gguf_file": model_path.name}) if is_gguf else (model_path, {})
     if is_gguf:
-        from sealgguf.fold.gguf_file import open_gguf, read_layout
+        from sealgguf.gguf_file import open_gguf, read_layout
 
         read_layout(open_gguf(model_path), model_path)  # one-line errors for a bad file, before transformers
     try:
@@ -135,7 +135,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling()) -> Lo
     tok = AutoTokenizer.from_pretrained(folder, **kw)
 
     if is_gguf:
-        from sealgguf.fold.gguf_file import open_gguf
+        from sealgguf.gguf_file import open_gguf
         from sealgguf.tokens import gguf_adds_bos
 
         add_bos = gguf_adds_bos(open_gguf(model_path))

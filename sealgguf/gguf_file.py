@@ -307,7 +307,10 @@ class GGUFFile:
         f = self.fields.get(key)
         if f is None:
             return default
-        return self._decode(f.vtype, f.value_start)[0]
+        try:
+            return self._decode(f.vtype, f.value_start)[0]
+        except UnicodeDecodeError:
+            raise self._fail(f"metadata key '{key}' holds a string that is not UTF-8") from None
 
     def raw(self, start: int, end: int) -> memoryview:
         return memoryview(self.buf)[start:end]
