@@ -37,8 +37,17 @@ Errors are one line on stderr; --debug shows the traceback instead.
 """
 
 
+EXIT_HELP = "exit status: 0 ok, 1 gate failed, 2 bad input or usage, 3 environment, 4 internal error (--debug)"
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with the one-line error contract: `sealgguf: error: ...`, exit status 2."""
+    """argparse with the one-line error contract (`sealgguf: error: ...`, exit status 2), and the exit
+    codes under every verb's --help."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("epilog", EXIT_HELP)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(EXIT_INPUT, f"sealgguf: error: {self.prog.split()[-1]}: {message} (see --help)\n")

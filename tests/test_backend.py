@@ -97,3 +97,21 @@ def test_inspect_fold_eval_without_torch(smollm2, tmp_path):
     assert "| passkey | 200 |" in r.stdout
     r = _run_without_torch("tune", model, "-o", tmp_path / "x.safetensors")
     assert r.returncode == 3 and r.stderr.count("\n") == 1 and "torch" in r.stderr, r.stderr
+
+
+def test_no_amx_flag_wins_over_march_native_in_this_compiler():
+    """setup.sh relies on -mno-amx-int8 beating the -march=native that GGML_NATIVE adds after it: checked
+    here for an AMX target (Sapphire Rapids), in both orders, with this machine's C++ compiler."""
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler on PATH")
+
+    def macros(*flags):
+        r = subprocess.run([cxx, *flags, "-dM", "-E", "-x", "c++", "-"], input="", capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"{cxx} does not know -march=sapphirerapids")
+        return r.stdout
+
+    assert "__AMX_INT8__" in macros("-march=sapphirerapids")
+    assert "__AMX_INT8__" not in macros("-mno-amx-int8", "-march=sapphirerapids")
+    assert "__AMX_INT8__" not in macros("-march=sapphirerapids", "-mno-amx-int8")
