@@ -56,6 +56,7 @@ def check_options(opt: EvalOptions) -> int:
         raise SealError(f"--ppl-windows must be >= 0, got {opt.ppl_windows}")
     if opt.threads is not None and opt.threads < 1:
         raise SealError(f"--threads must be >= 1, got {opt.threads}")
+    opt.rope.check("--rope-factor")
     if opt.gpu_layers < -1:
         raise SealError(f"--gpu-layers must be -1 (all), 0 (CPU) or a positive count, got {opt.gpu_layers}")
     n_ctx = max(opt.lengths) + max(t.max_answer_tokens for t in tasks) + 8

@@ -69,6 +69,7 @@ def run_tune(opt: TuneOptions) -> dict:
         raise SealError("--val-samples and --checkpoint-every must be >= 0")
     if opt.lr is not None and not (opt.lr > 0 and math.isfinite(opt.lr)):
         raise SealError(f"--lr must be a finite number > 0, got {opt.lr}")
+    opt.rope.check("--rope-factor")
     if not (opt.keep >= 0 and math.isfinite(opt.keep)):
         raise SealError(f"--keep must be a finite number >= 0, got {opt.keep}")
     if opt.granularity not in DEFAULT_LR:

@@ -79,8 +79,9 @@ def head_layout(config) -> AttentionLayout:
     if not n_head:
         raise SealError(f"model config ({arch}) has no num_attention_heads")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
-    return AttentionLayout(arch, cfg.num_hidden_layers, n_head, getattr(cfg, "num_key_value_heads", None) or n_head,
-                      head_dim, int(getattr(cfg, "max_position_embeddings", 0) or 0))
+    n_head_kv = getattr(cfg, "num_key_value_heads", None) or n_head
+    return AttentionLayout(arch, cfg.num_hidden_layers, n_head, n_head_kv, head_dim,
+                           int(getattr(cfg, "max_position_embeddings", 0) or 0))
 
 
 def _apply_rope(config, rope: RopeScaling) -> None:
