@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import statistics
@@ -80,17 +81,21 @@ def bench_file(model: Path, repeat: int) -> None:
                             ("channel", (layout.n_layer, layout.n_head, layout.head_dim))):
             sp = d / f"{gran}.safetensors"
             scales.save(sp, rng.uniform(0.5, 1.5, shape).astype(np.float32), {})
-            copy_t, fold_t = [], []
-            for _ in range(repeat):  # interleaved, so both see the same page cache and machine load
+            copy_t, fold_t, bare_t = [], [], []
+            for _ in range(repeat):  # interleaved, so all three see the same page cache and machine load
                 t0 = time.perf_counter()
                 shutil.copyfile(model, d / "copy.gguf")
                 copy_t.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
                 fold_file(model, sp, d / "sealed.gguf")
                 fold_t.append(time.perf_counter() - t0)
-                os.unlink(d / "copy.gguf")
-                os.unlink(d / "sealed.gguf")
-            c, f = statistics.median(copy_t), statistics.median(fold_t)
+                with _without_safety_checks():
+                    t0 = time.perf_counter()
+                    fold_file(model, sp, d / "bare.gguf")
+                    bare_t.append(time.perf_counter() - t0)
+                for name in ("copy.gguf", "sealed.gguf", "bare.gguf"):
+                    os.unlink(d / name)
+            c, f, b = statistics.median(copy_t), statistics.median(fold_t), statistics.median(bare_t)
             child = subprocess.run([sys.executable, "-c", (
                 "import resource,sys;from sealgguf.fold import fold_file;"
                 f"fold_file({str(model)!r},{str(sp)!r},{str(d / 'm.gguf')!r});"
@@ -98,7 +103,22 @@ def bench_file(model: Path, repeat: int) -> None:
                 capture_output=True, text=True, check=True)
             rss_mb = int(child.stdout.strip()) / 1024
             print(f"{model.name} ({size / 2**20:.0f} MiB), {gran} scales: copy {c:.3f} s, fold {f:.3f} s "
-                  f"-> {f / c:.2f}x copy (median of {repeat}); peak RSS of a fold process {rss_mb:.0f} MiB")
+                  f"-> {f / c:.2f}x copy (median of {repeat}); without the safety checks {b:.3f} s ({f / b:.2f}x); "
+                  f"peak RSS of a fold process {rss_mb:.0f} MiB")
+
+
+@contextlib.contextmanager
+def _without_safety_checks():
+    """fold_file minus its output checks (per-head overflow/underflow, read-back of the written file),
+    to measure what they cost."""
+    from sealgguf.fold import rewrite
+
+    saved = rewrite.check_folded, rewrite.verify_written
+    rewrite.check_folded = rewrite.verify_written = lambda *a, **k: None
+    try:
+        yield
+    finally:
+        rewrite.check_folded, rewrite.verify_written = saved
 
 
 def main() -> None:
