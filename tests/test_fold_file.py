@@ -155,5 +155,11 @@ def test_rope_scaling_from_tuning_goes_into_metadata(smollm2, tmp_path, kind):
         assert f.value("llama.rope.scaling.type") == kind
         assert f.value("llama.rope.scaling.factor") == 2.0
         assert f.value("llama.rope.scaling.original_context_length") == 8192
+    from sealgguf.eval.runner import rope_to_apply
+    from sealgguf.rope import RopeScaling
+
+    # eval with the same --rope-scaling must not apply it a second time on top of the file's metadata
+    assert not rope_to_apply(f, RopeScaling.from_cli(kind, 2.0)).active
+    assert rope_to_apply(f, RopeScaling.from_cli(kind, 4.0)).factor == 4.0
     llm = Llama(model_path=str(tmp_path / "r.gguf"), n_ctx=64, verbose=False)
     assert llm.create_completion("Hi", max_tokens=4, temperature=0)["choices"][0]["text"].strip()

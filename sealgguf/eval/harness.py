@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sealgguf.errors import SealError
-from sealgguf.eval.runner import LlamaRunner
+from sealgguf.eval.runner import LlamaRunner, rope_to_apply
 from sealgguf.rope import RopeScaling
 from sealgguf.tasks import get_task, make_sample
 from sealgguf.tasks.seeds import split_seeds
@@ -61,8 +61,9 @@ def check_options(opt: EvalOptions) -> int:
         raise SealError(f"--gpu-layers must be -1 (all), 0 (CPU) or a positive count, got {opt.gpu_layers}")
     n_ctx = max(opt.lengths) + max(t.max_answer_tokens for t in tasks) + 8
     for path in opt.models:
-        layout = read_layout(open_gguf(path), path)
-        limit = opt.rope.context(layout.context_length)
+        reader = open_gguf(path)
+        layout = read_layout(reader, path)
+        limit = rope_to_apply(reader, opt.rope).context(layout.context_length)
         if layout.context_length and n_ctx > limit:
             how = (f"with {opt.rope.kind} x{opt.rope.factor:g} it reaches {limit}" if opt.rope.active
                    else "use --rope-scaling linear|yarn|ntk with --rope-factor F to go beyond it")

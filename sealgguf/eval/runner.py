@@ -14,6 +14,16 @@ from sealgguf.rope import RopeScaling
 from sealgguf.tokens import PromptEncoder, gguf_adds_bos
 
 
+def rope_to_apply(reader, rope: RopeScaling) -> RopeScaling:
+    """The scaling eval must apply at load: none when the file already carries `rope` in its metadata
+    (fold writes the tuning's scaling there and records it in seal.tune.rope_scaling), since applying it
+    again would stretch twice (NTK: a base raised twice; YaRN: the wrong original window)."""
+    carried = RopeScaling.from_json(reader.get("seal.tune.rope_scaling"), str(reader.path))
+    if rope.active and carried.active and (carried.kind, carried.factor) == (rope.kind, rope.factor):
+        return RopeScaling()
+    return rope
+
+
 class LlamaRunner:
     """One GGUF loaded in llama.cpp for greedy, prefix-reusing generation."""
 
@@ -25,7 +35,7 @@ class LlamaRunner:
         reader = open_gguf(self.path)
         layout = read_layout(reader, self.path)
         base = float(field_value(reader, f"{layout.arch}.rope.freq_base", 10000.0))
-        kwargs = rope.llama_kwargs(base, layout.context_length, layout.head_dim)
+        kwargs = rope_to_apply(reader, rope).llama_kwargs(base, layout.context_length, layout.head_dim)
         self.llm = load_llama(self.path, gpu_layers, n_ctx=n_ctx, n_batch=512, n_ubatch=512,
                               n_threads=threads or os.cpu_count(), flash_attn=flash_attn, swa_full=True, **kwargs)
         self.reuse_prefix = reuse_prefix
