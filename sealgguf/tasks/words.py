@@ -8,7 +8,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from sealgguf.errors import EnvironmentProblem, SealError
+from sealgguf.errors import EnvironmentProblem
 
 
 def _package_dir(name: str, pip_name: str) -> Path:
