@@ -10,10 +10,8 @@ import sys
 from pathlib import Path
 
 from sealgguf import __version__
-from sealgguf.errors import EXIT_ENV, EXIT_INPUT, EXIT_INTERRUPTED, SealError
+from sealgguf.errors import EXIT_ENV, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, SealError
 from sealgguf.tune import DEFAULT_GRANULARITY, DEFAULT_KEEP, DEFAULT_LR
-
-EXIT_INTERNAL = 4
 
 EPILOG = """\
 typical use:
@@ -267,8 +265,7 @@ def cmd_eval(args) -> int:
     from sealgguf.tasks import parse_tasks
 
     gate = Gate(args.min_accuracy, args.max_drop)
-    if gate.max_drop is not None and not args.compare:
-        raise SealError("--max-drop compares two models: give the new one with --compare")
+    gate.check_models(2 if args.compare else 1)
     models = [resolve(args.model)] + ([resolve(args.compare)] if args.compare else [])
     report = evaluate(EvalOptions(
         models=models, tasks=parse_tasks(",".join(args.task)), lengths=args.lengths, samples=args.samples,

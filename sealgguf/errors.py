@@ -4,12 +4,13 @@
     1  a gate failed (eval --min-accuracy / --max-drop)
     2  bad input or usage: a malformed file, key, tensor, option or value
     3  an environment problem: a missing file or package, disk full, permissions, a broken llama.cpp build
+    4  an internal error: a bug in sealgguf (the one-line message says so; --debug shows the traceback)
   130  interrupted
 
 Nothing else reaches the user as a traceback unless `--debug` is given.
 """
 
-EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_ENV, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_GATE, EXIT_INPUT, EXIT_ENV, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 
 class SealError(Exception):

@@ -201,6 +201,8 @@ class GGUFFile:
             self.fields[name] = Field(name, vtype, sub, start, end, pos)
             pos = end
         self.kv_end = pos
+        arch = self.fields.get("general.architecture")
+        self.arch: str | None = self.value(arch.name) if arch is not None and arch.vtype == STRING else None
         self.alignment = self.get("general.alignment", DEFAULT_ALIGNMENT)
         if self.alignment <= 0 or self.alignment & (self.alignment - 1):
             raise self._fail(f"general.alignment {self.alignment} is not a power of two")
@@ -260,9 +262,11 @@ class GGUFFile:
         f = self.fields.get(key)
         if f is None:
             return default
-        want = self._expected_type(key)
+        rule = key if key in KEY_TYPES else (
+            "{arch}" + key[len(self.arch):] if self.arch and key.startswith(self.arch + ".") else None)
+        want = KEY_TYPES.get(rule)
         if want is not None:
-            per_layer = self._is_per_layer(key)
+            per_layer = rule in PER_LAYER_KEYS
             if f.vtype == ARRAY and per_layer and f.sub_type in (INT32, UINT32):
                 return self.value(key)
             if f.vtype != want:
@@ -272,22 +276,6 @@ class GGUFFile:
         if isinstance(v, float) and not np.isfinite(v):
             raise self._fail(f"metadata key '{key}' is {v}, not a finite number")
         return v
-
-    def _arch(self) -> str | None:
-        f = self.fields.get("general.architecture")
-        return self.value("general.architecture") if f is not None and f.vtype == STRING else None
-
-    def _expected_type(self, key: str) -> int | None:
-        if key in KEY_TYPES:
-            return KEY_TYPES[key]
-        arch = self._arch()
-        if arch and key.startswith(arch + "."):
-            return KEY_TYPES.get("{arch}" + key[len(arch):])
-        return None
-
-    def _is_per_layer(self, key: str) -> bool:
-        arch = self._arch()
-        return bool(arch) and key.startswith(arch + ".") and "{arch}" + key[len(arch):] in PER_LAYER_KEYS
 
     # -- values ----------------------------------------------------------------------------
     def _decode(self, vtype: int, pos: int) -> tuple[Any, int]:

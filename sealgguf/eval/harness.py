@@ -35,8 +35,9 @@ def model_labels(paths: list[Path]) -> list[str]:
     return names if len(set(names)) == len(names) else [str(p) for p in paths]
 
 
-def check_options(opt: EvalOptions) -> int:
-    """Refuse impossible options before any model is loaded; return the context size to load with."""
+def check_options(opt: EvalOptions) -> tuple[int, list]:
+    """Refuse impossible options before any model is loaded; return the context size to load with and
+    each model's opened (validated) GGUF header."""
     from sealgguf.gguf_file import open_gguf, read_layout
 
     if not 1 <= len(opt.models) <= 2:
@@ -60,8 +61,10 @@ def check_options(opt: EvalOptions) -> int:
     if opt.gpu_layers < -1:
         raise SealError(f"--gpu-layers must be -1 (all), 0 (CPU) or a positive count, got {opt.gpu_layers}")
     n_ctx = max(opt.lengths) + max(t.max_answer_tokens for t in tasks) + 8
+    readers = []
     for path in opt.models:
         reader = open_gguf(path)
+        readers.append(reader)
         layout = read_layout(reader, path)
         limit = rope_to_apply(reader, opt.rope).context(layout.context_length)
         if layout.context_length and n_ctx > limit:
@@ -69,17 +72,17 @@ def check_options(opt: EvalOptions) -> int:
                    else "use --rope-scaling linear|yarn|ntk with --rope-factor F to go beyond it")
             raise SealError(f"--lengths {max(opt.lengths)}: the prompt and answer need {n_ctx} tokens, but "
                             f"{path.name} has a context of {layout.context_length} ({how})")
-    return n_ctx
+    return n_ctx, readers
 
 
 def evaluate(opt: EvalOptions) -> dict:
     from tqdm import tqdm
 
-    n_ctx = check_options(opt)
+    n_ctx, readers = check_options(opt)
     tasks = [get_task(t) for t in opt.tasks]
     labels = model_labels(opt.models)
-    runners = [LlamaRunner(p, n_ctx, opt.threads, opt.flash_attn, opt.rope, opt.reuse_prefix, opt.gpu_layers)
-               for p in opt.models]
+    runners = [LlamaRunner(p, n_ctx, opt.threads, opt.flash_attn, opt.rope, opt.reuse_prefix, opt.gpu_layers, r)
+               for p, r in zip(opt.models, readers)]
     encoder = runners[0].encoder
     depths = opt.depths or [None]
 

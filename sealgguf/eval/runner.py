@@ -28,11 +28,12 @@ class LlamaRunner:
     """One GGUF loaded in llama.cpp for greedy, prefix-reusing generation."""
 
     def __init__(self, path: str | Path, n_ctx: int, threads: int | None = None, flash_attn: bool = True,
-                 rope: RopeScaling = RopeScaling(), reuse_prefix: bool = True, gpu_layers: int = 0):
+                 rope: RopeScaling = RopeScaling(), reuse_prefix: bool = True, gpu_layers: int = 0,
+                 reader=None):
         from sealgguf.gguf_file import field_value, open_gguf, read_layout
 
         self.path = Path(path)
-        reader = open_gguf(self.path)
+        reader = reader or open_gguf(self.path)  # the caller's, when it has already validated the header
         layout = read_layout(reader, self.path)
         base = float(field_value(reader, f"{layout.arch}.rope.freq_base", 10000.0))
         kwargs = rope_to_apply(reader, rope).llama_kwargs(base, layout.context_length, layout.head_dim)

@@ -29,6 +29,11 @@ class Gate:
     def active(self) -> bool:
         return self.min_accuracy is not None or self.max_drop is not None
 
+    def check_models(self, n_models: int) -> None:
+        """Refuse a gate the models cannot answer (before any evaluation runs)."""
+        if self.max_drop is not None and n_models != 2:
+            raise SealError("--max-drop compares two models: give the new one with --compare")
+
 
 @dataclass(frozen=True)
 class Check:
@@ -51,8 +56,7 @@ class Check:
 
 def run_gate(gate: Gate, rows: list[dict], labels: list[str]) -> list[Check]:
     """Every check the gate asks for, over the report's cells (see sealgguf.report.cells)."""
-    if gate.max_drop is not None and len(labels) != 2:
-        raise SealError("--max-drop compares two models: give the new one with --compare")
+    gate.check_models(len(labels))
     checks = []
     for row in rows:
         if gate.min_accuracy is not None:
