@@ -1,7 +1,9 @@
 // Python bindings: the only file that knows about Python. Exposed as sealgguf._core.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -61,21 +63,27 @@ py::array_t<uint8_t> quantize(Floats values, int32_t type) {
     return out;
 }
 
-py::tuple fold(Bytes raw, int32_t type, int64_t n_per_row, Floats column_scales, int n_threads) {
+py::tuple fold(Bytes raw, int32_t type, int64_t n_per_row, std::optional<Floats> column_scales, int n_threads,
+               std::optional<Floats> row_scales) {
     const TypeTraits& t = require_type(type);
     const size_t rb = row_bytes(t, n_per_row);
     if ((size_t)raw.size() % rb != 0)
         throw std::invalid_argument(std::to_string(raw.size()) + " bytes is not a whole number of rows");
-    if (column_scales.ndim() != 1 || column_scales.shape(0) != n_per_row)
-        throw std::invalid_argument("column_scales must have " + std::to_string(n_per_row) + " entries, got shape of size " +
-                                    std::to_string(column_scales.size()));
-    if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
     const int64_t n_rows = raw.size() / rb;
+    if (column_scales && (column_scales->ndim() != 1 || column_scales->shape(0) != n_per_row))
+        throw std::invalid_argument("column_scales must have " + std::to_string(n_per_row) + " entries, got " +
+                                    std::to_string(column_scales->size()));
+    if (row_scales && (row_scales->ndim() != 1 || row_scales->shape(0) != n_rows))
+        throw std::invalid_argument("row_scales must have " + std::to_string(n_rows) + " entries, got " +
+                                    std::to_string(row_scales->size()));
+    if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
     py::array_t<uint8_t> out({n_rows, (int64_t)rb});
+    const float* cols = column_scales ? column_scales->data() : nullptr;
+    const float* rows = row_scales ? row_scales->data() : nullptr;
     FoldStats st;
     {
         py::gil_scoped_release release;
-        st = fold_tensor(raw.data(), out.mutable_data(), type, n_rows, n_per_row, column_scales.data(), n_threads);
+        st = fold_tensor(raw.data(), out.mutable_data(), type, n_rows, n_per_row, cols, rows, n_threads);
     }
     py::dict stats;
     stats["blocks_unchanged"] = st.blocks_unchanged;
@@ -99,9 +107,9 @@ PYBIND11_MODULE(_core, m) {
     m.def("quantize", &quantize, py::arg("values"), py::arg("type"),
           "Quantize a float32 [rows, n_per_row] array with the reference quantizer of `type`.");
     m.def("fold", &fold, py::arg("raw"), py::arg("type"), py::arg("n_per_row"), py::arg("column_scales"),
-          py::arg("n_threads") = 0,
-          "Multiply input column j of a quantized [rows, n_per_row] tensor by column_scales[j]. "
-          "Returns (new_raw, stats).");
+          py::arg("n_threads") = 0, py::arg("row_scales") = py::none(),
+          "Multiply value (i, j) of a quantized [rows, n_per_row] tensor by row_scales[i] * column_scales[j] "
+          "(None: all 1.0). Returns (new_raw, stats).");
     m.def("block_info", &block_info, py::arg("type"), "(values per block, bytes per block) of a ggml type.");
     m.def("supported", [](int32_t type) { return traits_for(type) != nullptr; }, py::arg("type"));
     py::register_exception<std::invalid_argument>(m, "FoldError", PyExc_ValueError);

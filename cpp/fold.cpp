@@ -31,23 +31,24 @@ float uniform_scale(const float* s, int n) {
 }
 
 FoldStats fold_rows(const TypeTraits& t, const uint8_t* src, uint8_t* dst, int64_t n_rows, int64_t n_per_row,
-                    const float* scales) {
+                    const float* column_scales, const float* row_scales) {
     const int bs = t.block_size;
     const int64_t blocks_per_row = n_per_row / bs;
     const size_t row_bytes = (size_t)blocks_per_row * t.type_size;
-    std::vector<float> orig(bs), target(bs), folded(bs);
+    std::vector<float> orig(bs), target(bs), folded(bs), ones(bs, 1.0f);
     FoldStats st;
     for (int64_t r = 0; r < n_rows; ++r) {
+        const float rs = row_scales ? row_scales[r] : 1.0f;
         const uint8_t* srow = src + r * row_bytes;
         uint8_t* drow = dst + r * row_bytes;
         for (int64_t b = 0; b < blocks_per_row; ++b) {
             const uint8_t* sb = srow + b * t.type_size;
             uint8_t* db = drow + b * t.type_size;
-            const float* s = scales + b * bs;
+            const float* s = column_scales ? column_scales + b * bs : ones.data();
             t.dequantize(sb, orig.data(), bs);
-            for (int i = 0; i < bs; ++i) target[i] = orig[i] * s[i];
+            for (int i = 0; i < bs; ++i) target[i] = orig[i] * (s[i] * rs);
 
-            const float u = uniform_scale(s, bs);
+            const float u = uniform_scale(s, bs) * rs;
             std::memcpy(db, sb, t.type_size);
             if (u == 1.0f) {
                 ++st.blocks_unchanged;
@@ -71,15 +72,18 @@ FoldStats fold_rows(const TypeTraits& t, const uint8_t* src, uint8_t* dst, int64
 }  // namespace
 
 FoldStats fold_tensor(const uint8_t* src, uint8_t* dst, int32_t type, int64_t n_rows, int64_t n_per_row,
-                      const float* column_scales, int n_threads) {
+                      const float* column_scales, const float* row_scales, int n_threads) {
     const TypeTraits* t = traits_for(type);
     if (!t) throw std::invalid_argument("cannot fold tensors of type " + type_name(type));
     if (n_per_row % t->block_size != 0)
         throw std::invalid_argument("row of " + std::to_string(n_per_row) + " values is not a whole number of " +
                                     t->name + " blocks");
-    for (int64_t i = 0; i < n_per_row; ++i)
+    for (int64_t i = 0; column_scales && i < n_per_row; ++i)
         if (!std::isfinite(column_scales[i]))
             throw std::invalid_argument("scale for column " + std::to_string(i) + " is not finite");
+    for (int64_t i = 0; row_scales && i < n_rows; ++i)
+        if (!std::isfinite(row_scales[i]))
+            throw std::invalid_argument("scale for row " + std::to_string(i) + " is not finite");
 
     const size_t row_bytes = (size_t)(n_per_row / t->block_size) * t->type_size;
     n_threads = (int)std::max<int64_t>(1, std::min<int64_t>(n_threads, n_rows));
@@ -90,7 +94,8 @@ FoldStats fold_tensor(const uint8_t* src, uint8_t* dst, int32_t type, int64_t n_
         const int64_t r0 = w * chunk, r1 = std::min(n_rows, r0 + chunk);
         if (r0 >= r1) break;
         workers.emplace_back([=, &parts] {
-            parts[w] = fold_rows(*t, src + r0 * row_bytes, dst + r0 * row_bytes, r1 - r0, n_per_row, column_scales);
+            parts[w] = fold_rows(*t, src + r0 * row_bytes, dst + r0 * row_bytes, r1 - r0, n_per_row, column_scales,
+                                 row_scales ? row_scales + r0 : nullptr);
         });
     }
     for (std::thread& th : workers) th.join();

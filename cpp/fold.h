@@ -16,10 +16,12 @@ struct FoldStats {
     double rel_rmse() const;
 };
 
-// src and dst hold n_rows rows of n_per_row values each in ggml type `type`.
-// column_scales has n_per_row entries. Throws std::invalid_argument on an unsupported type or a
-// row length that is not a whole number of blocks.
+// src and dst hold n_rows rows of n_per_row values each in ggml type `type`. Value (r, j) is multiplied
+// by row_scales[r] * column_scales[j]; either pointer may be null (all 1.0). A block whose scales are all
+// equal is rescaled exactly (only its float scale fields change); only a block whose column scales vary
+// inside it is requantized. Throws std::invalid_argument on an unsupported type, a row length that is not
+// a whole number of blocks, or a scale that is not finite.
 FoldStats fold_tensor(const uint8_t* src, uint8_t* dst, int32_t type, int64_t n_rows, int64_t n_per_row,
-                      const float* column_scales, int n_threads);
+                      const float* column_scales, const float* row_scales, int n_threads);
 
 }  // namespace sealgguf

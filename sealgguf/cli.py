@@ -79,6 +79,10 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
                    "kv, multikey; several mix round-robin (default: lines)")
     g.add_argument("--granularity", choices=("head", "channel"), default=DEFAULT_GRANULARITY,
                    help="channel: one scale per head channel (SEAL-C, the default); head: one per query head (SEAL-H)")
+    g.add_argument("--exact-fold", action="store_true",
+                   help="learn scales that fold with no requantization: per channel (or head) of each KV group, "
+                        "folded into attn_v's rows, times one scalar per query head (or run of heads spanning a "
+                        "quant block), folded into attn_output. The sealed file then equals the tuned model")
     g.add_argument("--length", type=int, default=1024, help="prompt length in the model's tokens (default 1024)")
     g.add_argument("--samples", type=int, default=50, help="synthetic training samples (default 50)")
     g.add_argument("--lr", type=float, default=None, help="AdamW learning rate, constant: the key knob (default "
@@ -90,6 +94,10 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
                    f"{DEFAULT_KEEP:g}; 0 is the paper's loss)")
     g.add_argument("--seed", type=int, default=0, help="seed for samples and order (default 0)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
+    g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="dtype of the frozen weights and the forward/backward pass; the scales and the optimizer "
+                        "stay fp32 (default auto: bf16 on a CUDA GPU with bf16 or a CPU with AMX-BF16/AVX512-BF16, "
+                        "fp16 on older GPUs, else fp32)")
     _add_rope_args(p)
 
 
@@ -113,13 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="GGUF file or bundled name")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("fold", help="fold a scales file into a quantized GGUF's attn_output weights",
-                       description="Fold SEAL scales into blk.N.attn_output.weight, block by block, in each "
+    p = sub.add_parser("fold", help="fold a scales file into a quantized GGUF's attention weights",
+                       description="Fold SEAL scales into blk.N.attn_output.weight (and, for scales tuned with "
+                                   "--exact-fold, into the rows of blk.N.attn_v), block by block, in each "
                                    "tensor's own quant type. Every other tensor and key is copied unchanged.")
     p.add_argument("model", help="input GGUF (never modified)")
     p.add_argument("scales", help="scales .safetensors written by `sealgguf tune`")
     p.add_argument("-o", "--output", required=True, help="output GGUF (written atomically)")
     p.add_argument("--threads", type=int, default=0, help="worker threads (default: all cores)")
+    p.add_argument("--kl-windows", type=int, default=0, metavar="N",
+                   help="measure KL(scales applied exactly || sealed) in llama.cpp on N x 512 held-out essay "
+                        "tokens, and llama.cpp's floor (the KL any change at all gives, since it quantizes "
+                        "activations); stored as seal.fold.kl_exact / kl_floor. Writes temporary copies of the "
+                        "model with the folded tensors in F32 (default 0: skip; needs llama-cpp-python)")
 
     p = sub.add_parser("tune", help="learn SEAL scales on synthetic retrieval data (PyTorch)",
                        description="Learn one scale per attention head (or head channel) on generated samples "
@@ -189,16 +203,21 @@ def _quiet_libraries() -> None:
 
 def cmd_inspect(args) -> int:
     from sealgguf.fold import exact_per_head, open_gguf, read_layout
-    from sealgguf.gguf_file import field_value
+    from sealgguf.gguf_file import ATTN_QKV, ATTN_V, field_value
     from sealgguf.models import resolve
 
     path = resolve(args.model)
     reader = open_gguf(path)
     layout = read_layout(reader, path)
     seal_meta = {k: field_value(reader, k) for k in reader.fields if k.startswith("seal.")}
+    value_types: dict[str, int] = {}
+    for t in reader.tensors:
+        if ATTN_V.match(t.name) or ATTN_QKV.match(t.name):
+            value_types[reader.type_name(t)] = value_types.get(reader.type_name(t), 0) + 1
     info = {"file": str(path), "architecture": layout.arch, "layers": layout.n_layer, "query_heads": layout.n_head,
             "kv_heads": layout.n_head_kv, "head_dim": layout.head_dim, "context_length": layout.context_length,
             "attn_output_types": layout.attn_output_types, "per_head_fold_exact": exact_per_head(layout),
+            "value_types": value_types,
             "seal": seal_meta}
     if args.json:
         print(json.dumps(info, indent=1))
@@ -211,6 +230,8 @@ def cmd_inspect(args) -> int:
     for t, exact in info["per_head_fold_exact"].items():
         how = "exact: only fp16 block scales change" if exact else "requantized: a head does not cover whole blocks"
         print(f"  per-head fold    {t}: {how}")
+    values = ", ".join(f"{t} x{n}" for t, n in value_types.items()) or "none found"
+    print(f"  attn_v / qkv     {values} (tune --exact-fold folds into these rows exactly)")
     print("  seal metadata    " + ("none" if not seal_meta else ""))
     for k, v in seal_meta.items():
         print(f"    {k} = {v}")
@@ -220,10 +241,16 @@ def cmd_inspect(args) -> int:
 def cmd_fold(args) -> int:
     from sealgguf.fold import fold_file
     from sealgguf.models import resolve
+    from sealgguf.pipeline import exact_kl
 
-    res = fold_file(resolve(args.model), args.scales, args.output, threads=args.threads, progress=args.progress)
+    model = resolve(args.model)
+    kl = exact_kl(model, Path(args.scales), args.kl_windows, args.threads or None) if args.kl_windows else None
+    res = fold_file(model, args.scales, args.output, threads=args.threads, progress=args.progress, measure_kl=kl)
     errs = ", ".join(f"{t} {e:.2e}" for t, e in res.rel_rmse_by_type().items())
-    print(f"wrote {res.out_path}: {len(res.tensors)} attn_output tensors folded ({res.granularity}); "
+    if res.kl:
+        errs += (f"; KL(exact || sealed) {res.kl['kl_exact']:.4f} nats/token (llama.cpp's floor for any change: "
+                 f"{res.kl['kl_floor']:.4f})")
+    print(f"wrote {res.out_path}: {len(res.tensors)} tensors folded ({res.granularity}, {res.form}); "
           f"blocks rescaled {res.blocks('blocks_rescaled')}, requantized {res.blocks('blocks_requantized')}, "
           f"unchanged {res.blocks('blocks_unchanged')}; relative RMSE {errs}")
     return 0
@@ -234,8 +261,10 @@ def _tune_options(args, out: Path):
     from sealgguf.tune import TuneOptions
 
     return TuneOptions(
-        model=args.model, out=out, tasks=args.task, granularity=args.granularity, length=args.length,
+        model=args.model, out=out, tasks=args.task, granularity=args.granularity, exact_fold=args.exact_fold,
+        length=args.length,
         samples=args.samples, lr=args.lr, epochs=args.epochs, keep=args.keep, seed=args.seed, device=args.device,
+        dtype=args.dtype,
         rope=RopeScaling.from_cli(args.rope_scaling, args.rope_factor), progress=args.progress)
 
 

@@ -24,6 +24,8 @@ from sealgguf.layout import AttentionLayout
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 ATTN_OUTPUT = re.compile(r"^blk\.(\d+)\.attn_output\.weight$")
+ATTN_V = re.compile(r"^blk\.(\d+)\.attn_v\.(weight|bias)$")      # value projection (+ bias)
+ATTN_QKV = re.compile(r"^blk\.(\d+)\.attn_qkv\.(weight|bias)$")  # fused Q, K, V rows (phi3, ...)
 LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.")
 # A tensor-info record is at least 8 (name length) + 1 + 4 (n_dims) + 8 + 4 (type) + 8 (offset) bytes,
 # a key-value pair at least 8 + 1 + 4 + 1; counts beyond what the file could hold are forged.

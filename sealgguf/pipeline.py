@@ -27,6 +27,35 @@ def report_paths(out: Path) -> dict[str, Path]:
     return {k: out.with_name(f"{stem}.{k}") for k in ("scales.safetensors", "report.json", "report.md", "report.png")}
 
 
+def exact_kl(model: Path, scales: Path, windows: int, threads: int | None, gpu_layers: int = 0):
+    """For fold_file(measure_kl=...): KL(scales applied exactly || sealed) in llama.cpp on `windows` x 512 held-out
+    essay tokens, and the floor: KL(exact || exact nudged by 1e-6). The models are written beside the sealed
+    file with the folded tensors in F32 (sealgguf.fold.reference: one matmul path for all) and removed after."""
+    import os
+    import tempfile
+
+    from sealgguf.eval.knowledge import knowledge_check
+    from sealgguf.fold.reference import write_exact, write_unpacked
+
+    def measure(sealed: Path) -> dict[str, float]:
+        paths = []
+        try:
+            for name in ("exact", "sealed", "nudged"):
+                fd, p = tempfile.mkstemp(prefix=f".{name}.", suffix=".gguf", dir=sealed.parent)
+                os.close(fd)
+                paths.append(Path(p))
+            names = write_exact(model, scales, paths[0])
+            write_unpacked(sealed, names, paths[1])
+            write_exact(model, scales, paths[2], nudge=1e-6)
+            return {f"kl_{what}": knowledge_check([paths[0], other], ["exact", what], windows, threads,
+                                                  gpu_layers)["mean_kl"]
+                    for what, other in (("exact", paths[1]), ("floor", paths[2]))}
+        finally:
+            for p in paths:
+                p.unlink(missing_ok=True)
+    return measure
+
+
 def seal(opt: SealOptions) -> dict:
     from sealgguf import report as rep
     from sealgguf.eval.harness import EvalOptions, evaluate
@@ -40,8 +69,10 @@ def seal(opt: SealOptions) -> dict:
         raise SealError(f"{model_path}: seal needs a GGUF file (it folds into the quantized weights)")
     paths = report_paths(opt.out)
     tune_info = run_tune(replace(t, model=str(model_path), out=paths["scales.safetensors"]))
+    kl = exact_kl(model_path, paths["scales.safetensors"], opt.ppl_windows, opt.threads, opt.gpu_layers) \
+        if opt.ppl_windows else None
     folded = fold_file(model_path, paths["scales.safetensors"], opt.out, threads=opt.threads or 0,
-                       progress=t.progress)
+                       progress=t.progress, measure_kl=kl)
     report = evaluate(EvalOptions(
         models=[model_path, opt.out], tasks=opt.eval_tasks or t.tasks,
         lengths=opt.eval_lengths or [t.length], samples=opt.eval_samples, rope=t.rope, threads=opt.threads,
@@ -50,7 +81,8 @@ def seal(opt: SealOptions) -> dict:
     report["tune"]["losses"] = [round(x, 4) for x in tune_info["losses"]]
     report["fold"] = {"rel_rmse_by_type": folded.rel_rmse_by_type(),
                       "blocks_rescaled": folded.blocks("blocks_rescaled"),
-                      "blocks_requantized": folded.blocks("blocks_requantized")}
+                      "blocks_requantized": folded.blocks("blocks_requantized"), "form": folded.form,
+                      **(folded.kl or {})}
     header = (f"# sealgguf report: {model_path.name} -> {opt.out.name}\n\n"
               f"SEAL-{'H' if t.granularity == 'head' else 'C'} tuned on {','.join(t.tasks)} at {t.length} "
               f"tokens, {t.samples} samples x {t.epochs} epoch(s), lr {tune_info['lr']}, in "

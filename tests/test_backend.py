@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from sealgguf import hardware
 from sealgguf.eval import backend
 
 # Imports of these modules fail inside the child, as they would in `pip install -e ".[eval]"`.
@@ -47,7 +48,7 @@ def test_eval_runs_in_a_fresh_process_on_this_cpu(smollm2):
             "ids = r.encoder.encode('The capital of France is')\n"
             "print(repr(r.generate(ids, 8)))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    cpu = "an AMX CPU" if backend.cpu_has_amx() else "a CPU without AMX"
+    cpu = "an AMX CPU" if hardware.cpu_has_amx() else "a CPU without AMX"
     assert r.returncode == 0, f"llama.cpp died on {cpu} with status {r.returncode}: {r.stderr[-500:]}"
     assert r.stdout.strip() not in ("", "''")
 

@@ -273,3 +273,38 @@ def test_tune_cli_success(smollm2, tmp_path):
     from sealgguf import scales
 
     assert scales.load(out).values.shape == (30, 9)
+
+
+def test_auto_dtype_follows_the_hardware(monkeypatch):
+    from sealgguf import hardware
+    from sealgguf.tune import pick_dtype
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f"}))
+    assert pick_dtype("auto", "cpu") == "fp32"  # no bf16 units: torch would emulate bf16, slower than fp32
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16", "amx_tile"}))
+    assert pick_dtype("auto", "cpu") == "bf16"
+    assert pick_dtype("fp16", "cpu") == "fp16"
+    with pytest.raises(SealError, match="--dtype must be one of"):
+        pick_dtype("int8", "cpu")
+
+
+def test_bf16_weights_fp32_scales_and_the_same_gradient(smollm2, hf_smollm2):
+    """bf16 frozen weights: no fp32 weight left in the model, the scales and their gradient stay fp32, and the
+    gradient points where fp32's does on a real sample."""
+    from sealgguf.tune.model import load
+
+    lm16 = load(smollm2, "cpu", dtype="bf16")
+    assert {p.dtype for p in lm16.model.parameters()} == {torch.bfloat16}
+    ex = make_examples(["lines"], 1, 512, hf_smollm2.encoder, "train", seed=3)[0]
+    grads = []
+    for lm in (hf_smollm2, lm16):
+        seal = SealScales(lm.layout, "channel").attach(lm.model)
+        try:
+            loss, _ = answer_loss(lm.model, ex, "cpu")
+            loss.backward()
+        finally:
+            seal.detach_hooks()
+        assert seal.scales.dtype == seal.scales.grad.dtype == torch.float32
+        grads.append(seal.scales.grad.ravel().double())
+    cos = float(grads[0] @ grads[1] / (grads[0].norm() * grads[1].norm()))
+    assert cos > 0.95, cos

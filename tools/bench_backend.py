@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 
+from sealgguf import hardware
 from sealgguf.eval import backend
 from sealgguf.models import resolve
 
@@ -49,7 +50,7 @@ def main() -> None:
     ap.add_argument("--other-python", help="interpreter of another llama-cpp-python build to compare")
     args = ap.parse_args()
     print(f"llama.cpp: {backend.system_info().strip()}")
-    print(f"CPU has AMX-INT8: {backend.cpu_has_amx()}; {args.tokens}-token prompt, {args.threads} threads, "
+    print(f"CPU has AMX-INT8: {hardware.cpu_has_amx()}; {args.tokens}-token prompt, {args.threads} threads, "
           f"best of {args.repeats}\n")
     builds = {"this build": sys.executable, **({"other build": args.other_python} if args.other_python else {})}
     print("| model | build | AMX backend | pp tok/s, extra buffer types on | off (AMX fallback) | off / on |")

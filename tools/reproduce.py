@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("sweep", "lr", "channel", "samples", "keep", "mix", "ood", "gemma", "long", "extend", "report")
+STEPS = ("sweep", "lr", "channel", "samples", "keep", "mix", "ood", "gemma", "exact", "long", "extend", "report")
 QUICK_STEPS = tuple(s for s in STEPS if s not in ("long", "extend"))  # tuning at 8K/16K takes hours on a CPU
 
 
@@ -121,7 +121,7 @@ class Runner:
         return self._cached(path, compute)
 
     def tune(self, name: str, model: str, tasks: list[str], granularity: str, length: int, samples: int,
-             lr: float, rope: tuple[str, float] = ("none", 0.0), keep: float = 0.0) -> dict:
+             lr: float, rope: tuple[str, float] = ("none", 0.0), keep: float = 0.0, exact: bool = False) -> dict:
         """Tune scales (train seeds, validation seeds for the loss), fold them into the GGUF, check knowledge."""
         from sealgguf.eval.knowledge import knowledge_check
         from sealgguf.fold import fold_file
@@ -132,8 +132,9 @@ class Runner:
 
         def compute() -> dict:
             print(f"  tune {name}: {model} {','.join(tasks)} SEAL-{granularity[0].upper()} {length} tokens, "
-                  f"{samples} samples, lr {lr:g}, keep {keep:g}", flush=True)
+                  f"{samples} samples, lr {lr:g}, keep {keep:g}" + (", exact fold" if exact else ""), flush=True)
             info = run_tune(TuneOptions(model=model, out=scales, tasks=tasks, granularity=granularity, length=length,
+                                        exact_fold=exact,
                                         samples=samples, val_samples=self.plan.val_samples, lr=lr, keep=keep,
                                         rope=RopeScaling.from_cli(*rope), progress=True,
                                         checkpointing=length > 2048))  # 1-2K: memory is no issue, 20% faster
@@ -141,7 +142,8 @@ class Runner:
             base = self.model_path(model)
             know = knowledge_check([base, gguf], ["base", "sealed"], self.plan.ppl_windows, self.threads)
             return {"name": name, "model": model, "tasks": tasks, "granularity": granularity, "length": length,
-                    "samples": samples, "lr": lr, "keep": keep, "rope": list(rope),
+                    "samples": samples, "lr": lr, "keep": keep, "rope": list(rope), "exact_fold": exact,
+                    "fold_blocks_requantized": folded.blocks("blocks_requantized"),
                     "tune": {k: v for k, v in info.items() if k != "losses"}, "losses": info["losses"],
                     "fold_rel_rmse": folded.rel_rmse_by_type(), "knowledge": know}
         return self._cached(self.work / "tune" / f"{name}.json", compute)
@@ -223,6 +225,25 @@ def run_steps(r: Runner, steps: list[str]) -> None:
         run = r.tune(f"gemma3-lines{G}-H-lr{lr:g}-s{p.samples}", "gemma3", ["lines"], "head", G, p.samples, lr)
         r.eval("gemma3", "lines", G, p.n_eval)
         r.eval(run["name"], "lines", G, p.n_eval)
+    if "exact" in steps:
+        print("step exact: the default recipe with factorized scales that fold with no requantization", flush=True)
+        shipped = shipped_default(r, L)["name"]
+        from sealgguf.tune import DEFAULT_KEEP, DEFAULT_LR
+
+        lr_c = DEFAULT_LR["channel"]
+        exact = {}
+        for model, length in (("smollm2", L), ("gemma3", p.gemma_length)):
+            exact[model] = r.tune(f"{model}-lines{length}-C-exact-lr{lr_c:g}-keep{DEFAULT_KEEP:g}-s{p.samples}", model,
+                                  ["lines"], "channel", length, p.samples, lr_c, keep=DEFAULT_KEEP, exact=True)["name"]
+            r.eval(model, "lines", length, p.n_eval)
+            r.eval(exact[model], "lines", length, p.n_eval)
+        r.eval(shipped, "lines", L, p.n_eval)
+        for task, n_tok in p.ood.items():  # out of domain, beside the untied default (the ood step's cells)
+            for model in ("smollm2", shipped, exact["smollm2"]):
+                r.eval(model, task, n_tok, p.n_ood)
+        for LL in p.long_lengths[:1]:  # length transfer
+            for model in ("smollm2", shipped, exact["smollm2"]):
+                r.eval(model, "lines", LL, p.n_ood)
     if "long" in steps:
         print("step long: SmolLM2 on longer prompts, up to its longest native length", flush=True)
         # Cheapest first: baselines, then shorter-tuned scales scored at the longer lengths (the shipped default,

@@ -18,6 +18,7 @@ import sys
 from typing import Iterator
 
 from sealgguf.errors import EnvironmentProblem, SealError
+from sealgguf.hardware import cpu_has_amx
 
 
 @functools.lru_cache(maxsize=None)
@@ -34,15 +35,6 @@ def system_info() -> str:
 def has_amx_backend() -> bool:
     """Whether this llama.cpp build contains ggml's AMX buffer type (the one that crashes)."""
     return "AMX_INT8 = 1" in system_info()
-
-
-def cpu_has_amx() -> bool:
-    """Whether this CPU has AMX-INT8 (Linux: /proc/cpuinfo). False where that cannot be read."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            return any(line.startswith("flags") and " amx_int8" in line for line in f)
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager

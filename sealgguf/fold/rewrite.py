@@ -1,5 +1,6 @@
 """Write a sealed GGUF: every key and tensor of the input, with SEAL scales folded into
-blk.N.attn_output.weight in the tensor's own quant type.
+blk.N.attn_output.weight in the tensor's own quant type, and, for factorized scales, into the value
+rows of blk.N.attn_v (or the V part of a fused attn_qkv), weight and bias.
 
 Folding never changes a tensor's size, so the tensor table and every tensor offset stay valid.
 The output is the input's header with seal.* keys added, its tensor table copied byte for byte,
@@ -12,17 +13,20 @@ rename); inputs are opened read-only.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from sealgguf import __version__
 from sealgguf.errors import SealError
-from sealgguf.gguf_file import ATTN_OUTPUT, STRING, _SCALAR, GGUFFile, TensorInfo, read_layout
+from sealgguf.gguf_file import ATTN_OUTPUT, ATTN_QKV, ATTN_V, STRING, _SCALAR, GGUFFile, TensorInfo, read_layout
 from sealgguf.fsutil import atomic_output, sha256_file
 from sealgguf.layout import AttentionLayout
 from sealgguf.rope import RopeScaling
@@ -31,6 +35,10 @@ from sealgguf.scales import Scales, load as load_scales
 # A folded head may differ from the exactly scaled weights by requantization (~0.09 relative RMSE for
 # Q4_1); a head zeroed by fp16 underflow differs by 1.0. Anything past this is refused.
 MAX_HEAD_REL_ERROR = 0.5
+# KL(scales applied exactly || sealed), and KL(exact || exact nudged by a relative 1e-6): llama.cpp's own floor,
+# since it quantizes activations and any change at all flips some roundings (sealgguf.fold.reference)
+MEASURED_KL = ("kl_exact", "kl_floor")
+LAYER_OF = re.compile(r"^blk\.(\d+)\.")
 
 
 def foldable_types() -> list[str]:
@@ -47,6 +55,8 @@ class FoldResult:
     out_path: Path
     granularity: str
     layout: AttentionLayout
+    form: str = "columns"
+    kl: dict[str, float] | None = None  # MEASURED_KL -> nats/token, when measured
     tensors: dict[str, dict] = field(default_factory=dict)  # name -> fold statistics
 
     def rel_rmse_by_type(self) -> dict[str, float]:
@@ -77,38 +87,76 @@ def pack_kv(key: str, value, vtype: int) -> bytes:
     return out + struct.pack(_SCALAR[int(vtype)], value)
 
 
-def fold_tensor(src: GGUFFile, t: TensorInfo, scales: Scales, layout: AttentionLayout,
-                threads: int) -> tuple[np.ndarray, dict]:
+@dataclass
+class FoldPlan:
+    """What to multiply one tensor by: value (r, j) times rows[r] * cols[j] (None: all 1.0), and the units a
+    fold error is reported in (query heads over attn_output's columns, KV heads over attn_v's rows)."""
+    rows: np.ndarray | None
+    cols: np.ndarray | None
+    units: list[tuple[str, slice, slice]]  # (name, row slice, column slice)
+
+
+def plan_tensor(t: TensorInfo, scales: Scales, layout: AttentionLayout) -> FoldPlan | None:
+    """The fold of tensor `t`, or None when the scales do not touch it."""
+    H, Hkv, D = layout.n_head, layout.n_head_kv, layout.head_dim
+    every = slice(None)
+    m = ATTN_OUTPUT.match(t.name)
+    if m:
+        layer = int(m.group(1))
+        cols = (np.repeat(scales.factors["attn_output"][layer], D) if scales.factors
+                else scales.column_scales(layer, D))
+        return FoldPlan(None, np.ascontiguousarray(cols, np.float32),
+                        [(f"head {h}", every, slice(h * D, (h + 1) * D)) for h in range(H)])
+    m = ATTN_V.match(t.name) or ATTN_QKV.match(t.name)
+    if not m or not scales.factors:
+        return None
+    layer, is_bias = int(m.group(1)), m.group(2) == "bias"
+    v = scales.factors["attn_v"][layer].reshape(-1)
+    skip = (H + Hkv) * D if ATTN_QKV.match(t.name) else 0  # fused: Q rows, K rows, then V rows
+    scale = np.concatenate([np.ones(skip, np.float32), v]).astype(np.float32)
+    heads = [(f"KV head {g}", slice(skip + g * D, skip + (g + 1) * D)) for g in range(Hkv)]
+    if is_bias:  # a bias is one row of n_out values: the V scales run along its columns
+        return FoldPlan(None, scale, [(n, every, sl) for n, sl in heads])
+    return FoldPlan(scale, None, [(n, sl, every) for n, sl in heads])
+
+
+def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int) -> tuple[np.ndarray, dict]:
     from sealgguf import _core
 
-    layer = int(ATTN_OUTPUT.match(t.name).group(1))
     if not _core.supported(t.type_id):
         raise SealError(f"{src.path}: tensor {t.name}: cannot fold type {src.type_name(t)} "
                         f"(supported: {', '.join(foldable_types())})")
-    cols = scales.column_scales(layer, layout.head_dim)
-    new, stats = _core.fold(src.tensor_data(t), t.type_id, layout.n_cols, cols, threads)
+    n_per_row = int(t.shape[0])
+    n_rows = math.prod(t.shape) // n_per_row
+    if (plan.rows is not None and len(plan.rows) != n_rows) or (plan.cols is not None and len(plan.cols) != n_per_row):
+        want = f"{len(plan.rows)} rows" if plan.rows is not None else f"{len(plan.cols)} values per row"
+        raise SealError(f"{src.path}: tensor {t.name} has shape {list(t.shape)}, but the attention layout needs {want}")
+    new, stats = _core.fold(src.tensor_data(t), t.type_id, n_per_row, plan.cols, threads, plan.rows)
     stats["type"] = src.type_name(t)
-    check_folded(src, t, new, cols, layer, layout)
+    check_folded(src, t, new, plan, n_per_row)
     return new.reshape(-1), stats
 
 
-def check_folded(src: GGUFFile, t: TensorInfo, new: np.ndarray, cols: np.ndarray, layer: int,
-                 layout: AttentionLayout) -> None:
+def check_folded(src: GGUFFile, t: TensorInfo, new: np.ndarray, plan: FoldPlan, n_per_row: int) -> None:
     """Refuse a fold whose result is not the scaled weights: values that are not finite (a scale times
     a block scale overflowed fp16) or heads lost to fp16 underflow. Names the layer and head."""
     from sealgguf import _core
 
-    got = _core.dequantize(new.reshape(-1), t.type_id, layout.n_cols)
-    original = _core.dequantize(src.tensor_data(t), t.type_id, layout.n_cols)
+    got = _core.dequantize(new.reshape(-1), t.type_id, n_per_row)
+    original = _core.dequantize(src.tensor_data(t), t.type_id, n_per_row)
     if not np.isfinite(original).all():
         raise SealError(f"{src.path}: tensor {t.name} already holds values that are not finite; the input model "
                         "is broken")
-    want = original * cols
-    for h in range(layout.n_head):
-        sl = slice(h * layout.head_dim, (h + 1) * layout.head_dim)
-        scale = cols[sl]
-        g, w = got[:, sl], want[:, sl]
-        what = f"scale {float(np.abs(scale).max()):.3g} on layer {layer} head {h} ({src.type_name(t)} {t.name})"
+    want = original
+    if plan.rows is not None:
+        want = want * plan.rows[:, None]
+    if plan.cols is not None:
+        want = want * plan.cols[None, :]
+    layer = LAYER_OF.match(t.name).group(1)
+    for unit, rows, cols in plan.units:
+        scale = np.abs((plan.rows[rows] if plan.rows is not None else plan.cols[cols]))
+        g, w = got[rows, cols], want[rows, cols]
+        what = f"scale {float(scale.max()):.3g} on layer {layer} {unit} ({src.type_name(t)} {t.name})"
         if not np.isfinite(g).all() or not np.isfinite(w).all():
             raise SealError(f"{what} overflows: the folded weights are not finite (fp16 block scales top out at 65504)")
         norm = float(np.sqrt(np.square(w, dtype=np.float64).sum()))
@@ -133,7 +181,12 @@ def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
 
 
 def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str | os.PathLike,
-              threads: int = 0, progress: bool = False) -> FoldResult:
+              threads: int = 0, progress: bool = False,
+              measure_kl: Callable[[Path], dict[str, float]] | None = None) -> FoldResult:
+    """Fold the scales file into the model and write `out`. `measure_kl`, given the path of the written file
+    before it is renamed into place, returns {"kl_exact": KL(scales applied exactly || sealed), "kl_floor":
+    the engine's KL for any change at all} in nats/token; they go into seal.fold.* keys and FoldResult.kl
+    (the caller runs the engine: fold imports none)."""
     model, out = Path(model), Path(out)
     for name, src in (("model", model), ("scales file", Path(scales_path))):
         if out.exists() and src.exists() and os.path.samefile(out, src):
@@ -143,7 +196,7 @@ def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str
     pool = ThreadPoolExecutor(max_workers=1)
     source_hash = pool.submit(sha256_file, model)  # hashlib releases the GIL: runs beside the work below
     try:
-        return _fold_file(model, scales_path, out, threads, progress, source_hash)
+        return _fold_file(model, scales_path, out, threads, progress, source_hash, measure_kl)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -151,21 +204,29 @@ def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str
 HASH_PLACEHOLDER = "0" * 64
 
 
-def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool, source_hash) -> FoldResult:
+def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool, source_hash,
+               measure_kl) -> FoldResult:
     import gguf
     from tqdm import tqdm
 
     src = GGUFFile(model)
     layout = read_layout(src, model)
     scales = load_scales(scales_path)
-    scales.check_layout(layout.n_layer, layout.n_head, layout.head_dim, str(scales_path))
+    scales.check_layout(layout, str(scales_path))
 
     # Fold first: errors surface before anything is written.
-    result = FoldResult(out, scales.granularity, layout)
+    result = FoldResult(out, scales.granularity, layout, scales.form)
     folded: dict[str, np.ndarray] = {}
-    targets = [t for t in src.tensors if ATTN_OUTPUT.match(t.name)]
+    plans = {t.name: plan_tensor(t, scales, layout) for t in src.tensors}
+    targets = [t for t in src.tensors if plans[t.name] is not None]
+    if scales.factors:
+        value_layers = {int(LAYER_OF.match(t.name).group(1)) for t in targets if not ATTN_OUTPUT.match(t.name)}
+        missing = sorted(set(range(layout.n_layer)) - value_layers)
+        if missing:
+            raise SealError(f"{model}: factorized scales need blk.{missing[0]}.attn_v.weight (or attn_qkv.weight), "
+                            "which the file does not have")
     for t in tqdm(targets, desc="folding", unit="tensor", disable=not progress, leave=False):
-        folded[t.name], result.tensors[t.name] = fold_tensor(src, t, scales, layout, threads)
+        folded[t.name], result.tensors[t.name] = fold_tensor(src, t, plans[t.name], threads)
 
     V = gguf.GGUFValueType
     rope = RopeScaling.from_json(scales.metadata.get("rope_scaling"), str(scales_path))
@@ -174,6 +235,7 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
     new_keys.update({
         "seal.version": (__version__, V.STRING),
         "seal.granularity": (scales.granularity, V.STRING),
+        "seal.form": (scales.form, V.STRING),
         "seal.scales_sha256": (sha256_file(scales_path), V.STRING),
         "seal.source_sha256": (HASH_PLACEHOLDER, V.STRING),
     })
@@ -183,6 +245,9 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
     for name, rmse in result.rel_rmse_by_type().items():
         new_keys[f"seal.fold.rel_rmse.{name}"] = (float(rmse), V.FLOAT32)
     new_keys["seal.fold.blocks_requantized"] = (result.blocks("blocks_requantized"), V.UINT64)
+    new_keys["seal.fold.exact"] = (result.blocks("blocks_requantized") == 0, V.BOOL)
+    if measure_kl:  # placeholders: measured on the written file, then written in place
+        new_keys.update({f"seal.fold.{k}": (0.0, V.FLOAT32) for k in MEASURED_KL})
 
     # Header: kept records byte for byte (in order), replaced ones re-packed in place, new ones last.
     records: list[tuple[str, bytes | memoryview]] = []
@@ -196,12 +261,15 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
     records += [(k, pack_kv(k, v, t)) for k, (v, t) in new_keys.items()]
     head = struct.pack("<4sIQQ", b"GGUF", src.version, len(src.tensors), len(records))
 
+    kl_at: dict[str, int] = {}
     with atomic_output(out) as tmp, open(model, "rb") as fin, open(tmp, "wb") as fout:
         fout.write(head)
         for name, r in records:
             fout.write(r)
             if name == "seal.source_sha256":
                 hash_at = fout.tell() - len(HASH_PLACEHOLDER)  # the string value ends the record
+            if name.startswith("seal.fold.kl_"):
+                kl_at[name[len("seal.fold."):]] = fout.tell() - 4  # the float32 value ends the record
         fout.write(src.raw(src.kv_end, src.ti_end))  # tensor table: offsets are relative, sizes unchanged
         pos = fout.tell()
         fout.write(b"\0" * (-pos % src.alignment))
@@ -215,13 +283,18 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
         _copy_range(fin.fileno(), fout.fileno(), cursor, src.size)
         os.pwrite(fout.fileno(), source_hash.result().encode("ascii"), hash_at)
         fout.flush()
-        verify_written(tmp, out)
+        verify_written(tmp, out, set(folded))
+        if measure_kl:
+            result.kl = {k: float(v) for k, v in measure_kl(tmp).items()}
+            for k in MEASURED_KL:
+                os.pwrite(fout.fileno(), struct.pack("<f", result.kl[k]), kl_at[k])
+            fout.flush()
     return result
 
 
-def verify_written(tmp: Path, out: Path) -> None:
+def verify_written(tmp: Path, out: Path, names: set[str]) -> None:
     """Read the written file back before it replaces anything: its header must pass the same validation
-    as any input, and every attn_output weight must dequantize to finite values."""
+    as any input, and every folded tensor must dequantize to finite values."""
     from sealgguf import _core
 
     try:
@@ -230,7 +303,7 @@ def verify_written(tmp: Path, out: Path) -> None:
     except SealError as e:
         raise SealError(f"{out}: internal check of the written file failed ({e}); nothing was written") from None
     for t in written.tensors:
-        if ATTN_OUTPUT.match(t.name):
-            values = _core.dequantize(written.tensor_data(t), t.type_id, layout.n_cols)
+        if t.name in names:
+            values = _core.dequantize(written.tensor_data(t), t.type_id, int(t.shape[0]))
             if not np.isfinite(values).all():
                 raise SealError(f"{out}: {t.name} would not be finite; nothing was written")

@@ -16,6 +16,7 @@ from sealgguf.rope import RopeScaling
 DEFAULT_GRANULARITY = "channel"
 DEFAULT_LR = {"head": 5e-2, "channel": 2e-2}
 DEFAULT_KEEP = 10.0
+QK_K = 256  # values per K-quant super-block, the widest ggml block
 
 
 @dataclass
@@ -24,6 +25,7 @@ class TuneOptions:
     out: Path
     tasks: list[str] = field(default_factory=lambda: ["lines"])
     granularity: str = DEFAULT_GRANULARITY
+    exact_fold: bool = False       # factorized scales (KV-group vector x per-head scalar): fold with no requantization
     length: int = 1024
     samples: int = 50
     val_samples: int = 10
@@ -34,6 +36,7 @@ class TuneOptions:
     anchor_windows: int = 16       # 256-token essay windows the KL term cycles through
     seed: int = 0
     device: str = "auto"
+    dtype: str = "auto"            # the frozen weights' storage and compute dtype; scales and AdamW stay fp32
     rope: RopeScaling = field(default_factory=RopeScaling)  # applied while tuning; fold writes it to the GGUF
     checkpointing: bool = True
     checkpoint_every: int = 0
@@ -51,12 +54,32 @@ def pick_device(device: str) -> str:
     return device
 
 
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+
+
+def pick_dtype(dtype: str, device: str) -> str:
+    """`auto`: bf16 where the hardware runs it fast (a CUDA GPU with bf16; a CPU with AMX-BF16 or AVX512-BF16),
+    fp16 on an older GPU, else fp32. Without bf16 units torch emulates bf16 matmuls, slower than fp32."""
+    import torch
+
+    from sealgguf.hardware import cpu_has_fast_bf16
+
+    if dtype not in DTYPES:
+        raise SealError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if device == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
 def run_tune(opt: TuneOptions) -> dict:
     import torch
 
     from sealgguf import scales as scales_file
     from sealgguf.fsutil import sha256_file
     from sealgguf.models import resolve
+    from sealgguf.scales import attn_output_tie
     from sealgguf.tasks import parse_tasks
     from sealgguf.tune.data import anchor_windows, make_examples
     from sealgguf.tune.model import SealScales, enable_checkpointing, load
@@ -76,9 +99,10 @@ def run_tune(opt: TuneOptions) -> dict:
         raise SealError(f"--granularity must be 'head' or 'channel', got {opt.granularity!r}")
     parse_tasks(",".join(opt.tasks))
     device = pick_device(opt.device)
+    dtype = pick_dtype(opt.dtype, device)
     torch.manual_seed(opt.seed)
     path = resolve(opt.model)
-    lm = load(path, device, opt.rope)
+    lm = load(path, device, opt.rope, dtype)
     limit = lm.rope.context(lm.layout.context_length)
     if lm.layout.context_length and opt.length > limit:
         raise SealError(f"--length {opt.length} exceeds the model's context of {int(limit)} tokens; "
@@ -89,32 +113,36 @@ def run_tune(opt: TuneOptions) -> dict:
     train_set = make_examples(opt.tasks, opt.samples, opt.length, lm.encoder, "train", opt.seed)
     val_set = make_examples(opt.tasks, opt.val_samples, opt.length, lm.encoder, "val", opt.seed)
     anchors = anchor_windows(lm.encoder, opt.anchor_windows) if opt.keep else []
-    seal = SealScales(lm.layout, opt.granularity).to(device).attach(lm.model)
+    form, tie = "columns", 1
+    if opt.exact_fold:  # a folder has no quant types yet: tie for QK_K, the widest ggml block, exact for all
+        form, tie = "factorized", attn_output_tie(lm.layout.n_head, lm.layout.head_dim,
+                                                  lm.attn_output_block_sizes or [QK_K])
+    seal = SealScales(lm.layout, opt.granularity, form, tie).to(device).attach(lm.model)
     lr = opt.lr if opt.lr is not None else DEFAULT_LR[opt.granularity]
     cfg = TrainConfig(lr=lr, epochs=opt.epochs, grad_accum=opt.grad_accum, keep=opt.keep, seed=opt.seed,
                       checkpoint_every=opt.checkpoint_every, resume=opt.resume, progress=opt.progress,
                       checkpoint_path=Path(str(opt.out) + ".ckpt.pt"))
     t0 = time.time()
     result = train(lm.model, seal, train_set, val_set, cfg, device, anchors)
-    values = seal.scales.detach().float().cpu().numpy()
+    values, factors = seal.values(), seal.factors()
     seal.detach_hooks()
 
     lengths = [int(ex.ids.numel()) for ex in train_set]
     meta = {
         "task": ",".join(opt.tasks), "length": opt.length, "mean_tokens": round(sum(lengths) / len(lengths), 1),
         "samples": opt.samples, "lr": lr, "epochs": opt.epochs, "grad_accum": opt.grad_accum, "keep": opt.keep,
-        "seed": opt.seed,
+        "seed": opt.seed, "attn_output_tie": tie if opt.exact_fold else None,
         "rope_scaling": lm.rope.to_json(), "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
-        "device": device, "seconds": round(time.time() - t0, 1),
+        "device": device, "dtype": dtype, "seconds": round(time.time() - t0, 1),
         "val_exact_match_before": result.val_before, "val_exact_match_after": result.val_after,
         "val_loss_before": result.val_loss_before, "val_loss_after": result.val_loss_after,
         "loss_first": result.losses[0] if result.losses else None,
         "loss_last10": sum(result.losses[-10:]) / max(1, len(result.losses[-10:])),
         "kl_last10": sum(result.kls[-10:]) / len(result.kls[-10:]) if result.kls else None,
     }
-    scales_file.save(opt.out, values, meta)
+    scales_file.save(opt.out, values, {k: v for k, v in meta.items() if v is not None}, factors)
     if cfg.checkpoint_path.exists():
         cfg.checkpoint_path.unlink()
     return {**meta, "losses": result.losses, "scale_min": float(values.min()), "scale_max": float(values.max())}

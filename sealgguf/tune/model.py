@@ -10,6 +10,7 @@ import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,19 +23,59 @@ SUPPORTED_ARCHS = ("llama", "mistral", "qwen2", "qwen3", "gemma3", "gemma3_text"
 
 
 class SealScales(nn.Module):
-    """SEAL-H: scales [n_layer, n_head]; SEAL-C: [n_layer, n_head, head_dim]. Start at 1.0 (no change)."""
+    """The learnable scales, applied to each layer's o_proj input by a forward pre-hook. All start at 1.0.
 
-    def __init__(self, layout: AttentionLayout, granularity: str):
+    form "columns" (the paper): `scales` [n_layer, n_head] (SEAL-H) or [n_layer, n_head, head_dim] (SEAL-C).
+    form "factorized" (`--exact-fold`): `attn_v` [n_layer, n_head_kv, head_dim or 1], shared by the query
+    heads of each KV group, times `attn_output` [n_layer, n_head // tie], one scalar per run of `tie` query
+    heads (None when a run is as wide as a KV group: it would add nothing). Both fold with no
+    requantization (sealgguf.scales documents the file form).
+    """
+
+    def __init__(self, layout: AttentionLayout, granularity: str, form: str = "columns", tie: int = 1):
         super().__init__()
-        shape = (layout.n_layer, layout.n_head) + ((layout.head_dim,) if granularity == "channel" else ())
-        self.head_dim = layout.head_dim
-        self.scales = nn.Parameter(torch.ones(shape, dtype=torch.float32))
+        L, H, Hkv, D = layout.n_layer, layout.n_head, layout.n_head_kv, layout.head_dim
+        self.head_dim, self.group, self.tie, self.form, self.granularity = D, H // Hkv, tie, form, granularity
+        width = D if granularity == "channel" else 1
+        if form == "columns":
+            self.scales = nn.Parameter(torch.ones((L, H, D) if granularity == "channel" else (L, H)))
+        else:
+            self.attn_v = nn.Parameter(torch.ones(L, Hkv, width))
+            self.attn_output = nn.Parameter(torch.ones(L, H // tie)) if tie < self.group else None
         self.enabled = True  # False: the hooks pass activations through (the baseline model)
         self._handles: list = []
 
+    def head_scales(self, layer: int) -> torch.Tensor:
+        """[n_head, head_dim or 1] scales of one layer, whatever the form."""
+        if self.form == "columns":
+            s = self.scales[layer]
+            return s[:, None] if s.ndim == 1 else s
+        s = self.attn_v[layer].repeat_interleave(self.group, dim=0)
+        if self.attn_output is not None:
+            s = s * self.attn_output[layer].repeat_interleave(self.tie)[:, None]
+        return s
+
     def column_scales(self, layer: int) -> torch.Tensor:
-        s = self.scales[layer]
-        return s.repeat_interleave(self.head_dim) if s.ndim == 1 else s.reshape(-1)
+        return self.head_scales(layer).expand(-1, self.head_dim).reshape(-1)
+
+    def factors(self) -> dict[str, np.ndarray] | None:
+        """The factorized form's arrays, as the scales file stores them (sealgguf.scales.FACTORS)."""
+        if self.form == "columns":
+            return None
+        v = self.attn_v.detach().float().cpu()
+        L, H = v.shape[0], v.shape[1] * self.group
+        o = (self.attn_output.detach().float().cpu().repeat_interleave(self.tie, dim=1)
+             if self.attn_output is not None else torch.ones(L, H))
+        return {"attn_v": v.expand(-1, -1, self.head_dim).contiguous().numpy(), "attn_output": o.numpy()}
+
+    def values(self) -> np.ndarray:
+        """The per-query-head scales ([L, H] or [L, H, D]) as the scales file holds them."""
+        from sealgguf.scales import compose
+
+        f = self.factors()
+        if f is not None:
+            return compose(f["attn_v"], f["attn_output"], self.granularity)
+        return self.scales.detach().float().cpu().numpy()
 
     def attach(self, model: nn.Module) -> "SealScales":
         for i, layer in enumerate(decoder_layers(model)):
@@ -111,17 +152,27 @@ class LoadedModel:
     source: Path
     is_gguf: bool
     rope: RopeScaling  # applied during tuning (bound to the native window)
+    attn_output_block_sizes: list[int]  # values per block of each attn_output type in the GGUF ([] for a folder)
 
 
-def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling()) -> LoadedModel:
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype: str = "fp32") -> LoadedModel:
+    """The frozen model in `dtype` (fp32, bf16, fp16) on `device`, its layout and its prompt encoder."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     is_gguf = model_path.is_file()
     folder, kw = (model_path.parent, {"gguf_file": model_path.name}) if is_gguf else (model_path, {})
+    block_sizes: list[int] = []
     if is_gguf:
+        import gguf
+
         from sealgguf.gguf_file import open_gguf, read_layout
 
-        read_layout(open_gguf(model_path), model_path)  # one-line errors for a bad file, before transformers
+        gguf_layout = read_layout(open_gguf(model_path), model_path)  # one-line errors before transformers
+        block_sizes = [gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]][0]
+                       for name in gguf_layout.attn_output_types]
     try:
         config = AutoConfig.from_pretrained(folder, **kw)
     except ValueError as e:
@@ -129,7 +180,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling()) -> Lo
     layout = head_layout(config)
     rope = rope.bind(layout.context_length, layout.head_dim)
     _apply_rope(config, rope)
-    model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=torch.float32, **kw)
+    model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **kw)
     model.requires_grad_(False)
     model.to(device)
     model.config.use_cache = False
@@ -147,7 +198,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling()) -> Lo
         bos_id=tok.bos_token_id if add_bos and tok.bos_token_id is not None else None,
         chat_template=getattr(tok, "chat_template", None), bos_text=tok.bos_token or "",
     )
-    return LoadedModel(model, layout, encoder, model_path, is_gguf, rope)
+    return LoadedModel(model, layout, encoder, model_path, is_gguf, rope, block_sizes)
 
 
 def enable_checkpointing(model: nn.Module) -> None:

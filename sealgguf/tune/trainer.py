@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,17 +37,10 @@ class TrainResult:
     val_loss_after: float | None = None
 
 
-def autocast_for(device: str):
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()  # fp32 on CPU
-
-
 def answer_loss(model, ex: Example, device: str) -> tuple[torch.Tensor, bool]:
     """Cross-entropy over the answer tokens; logits only for those positions, never [T x vocab]."""
     ids = ex.ids[None].to(device)
-    with autocast_for(device):
-        logits = model(input_ids=ids, logits_to_keep=ex.n_answer + 1, use_cache=False).logits
+    logits = model(input_ids=ids, logits_to_keep=ex.n_answer + 1, use_cache=False).logits
     logits = logits[0, :-1].float()          # position t predicts token t + 1
     target = ids[0, -ex.n_answer:]
     exact = bool((logits.argmax(-1) == target).all())
@@ -58,10 +50,9 @@ def answer_loss(model, ex: Example, device: str) -> tuple[torch.Tensor, bool]:
 def anchor_kl(model, seal: SealScales, ids: torch.Tensor, device: str) -> torch.Tensor:
     """Mean KL(baseline || sealed) of the next-token distributions over a window of plain text."""
     ids = ids[None].to(device)
-    with torch.no_grad(), seal.bypassed(), autocast_for(device):
+    with torch.no_grad(), seal.bypassed():
         base = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), dim=-1)
-    with autocast_for(device):
-        cur = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), dim=-1)
+    cur = F.log_softmax(model(input_ids=ids, use_cache=False).logits[0].float(), dim=-1)
     return F.kl_div(cur, base, log_target=True, reduction="batchmean")
 
 
