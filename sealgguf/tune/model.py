@@ -158,8 +158,10 @@ class LoadedModel:
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype: str = "fp32") -> LoadedModel:
-    """The frozen model in `dtype` (fp32, bf16, fp16) on `device`, its layout and its prompt encoder."""
+def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype: str = "fp32",
+         fast: bool = True) -> LoadedModel:
+    """The frozen model in `dtype` (fp32, bf16, fp16) on `device`, its layout and its prompt encoder.
+    fast=False loads a GGUF the way transformers alone does (kept for tools/bench_load.py)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     is_gguf = model_path.is_file()
@@ -173,18 +175,21 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         gguf_layout = read_layout(open_gguf(model_path), model_path)  # one-line errors before transformers
         block_sizes = [gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]][0]
                        for name in gguf_layout.attn_output_types]
-    try:
-        config = AutoConfig.from_pretrained(folder, **kw)
-    except ValueError as e:
-        raise SealError(f"{model_path}: transformers cannot load it ({str(e).splitlines()[0]})") from None
-    layout = head_layout(config)
-    rope = rope.bind(layout.context_length, layout.head_dim)
-    _apply_rope(config, rope)
-    model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **kw)
+    from sealgguf.tune.gguf_loader import fast_gguf
+
+    with fast_gguf() if is_gguf and fast else contextlib.nullcontext():
+        try:
+            config = AutoConfig.from_pretrained(folder, **kw)
+        except ValueError as e:
+            raise SealError(f"{model_path}: transformers cannot load it ({str(e).splitlines()[0]})") from None
+        layout = head_layout(config)
+        rope = rope.bind(layout.context_length, layout.head_dim)
+        _apply_rope(config, rope)
+        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **kw)
+        tok = AutoTokenizer.from_pretrained(folder, **kw)
     model.requires_grad_(False)
     model.to(device)
     model.config.use_cache = False
-    tok = AutoTokenizer.from_pretrained(folder, **kw)
 
     if is_gguf:
         from sealgguf.gguf_file import open_gguf
