@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sealgguf import __version__
 from sealgguf.errors import EXIT_ENV, EXIT_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, SealError
-from sealgguf.tune import DEFAULT_GRANULARITY, DEFAULT_KEEP, DEFAULT_LR
+from sealgguf.tune import DEFAULT_GRANULARITY, DEFAULT_KEEP, DEFAULT_LR, LR_CANDIDATES
 
 EPILOG = """\
 typical use:
@@ -69,6 +69,15 @@ def _ints(text: str) -> list[int]:
     return _list(int, text, "integers")
 
 
+def _lr(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
+
+
 def _names(text: str) -> list[str]:
     return _list(str, text, "names")
 
@@ -85,9 +94,12 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
                         "quant block), folded into attn_output. The sealed file then equals the tuned model")
     g.add_argument("--length", type=int, default=1024, help="prompt length in the model's tokens (default 1024)")
     g.add_argument("--samples", type=int, default=50, help="synthetic training samples (default 50)")
-    g.add_argument("--lr", type=float, default=None, help="AdamW learning rate, constant: the key knob (default "
+    g.add_argument("--lr", type=_lr, default=None, help="AdamW learning rate, constant: the key knob (default "
                    f"{DEFAULT_LR['head']:g} head, {DEFAULT_LR['channel']:g} channel; the paper used 0.01 / 0.02 "
-                   "without --keep)")
+                   "without --keep). 'auto' first trains on a few samples at each of "
+                   f"{'/'.join(f'{x:g}' for x in LR_CANDIDATES['channel'])} (channel) or "
+                   f"{'/'.join(f'{x:g}' for x in LR_CANDIDATES['head'])} (head) and keeps the one with the lowest "
+                   "validation loss (+ keep x KL); the sweep is recorded in the scales file and the report")
     g.add_argument("--epochs", type=int, default=1, help="passes over the samples (default 1)")
     g.add_argument("--keep", type=float, default=DEFAULT_KEEP, help="knowledge keeping: add KEEP x KL(baseline || "
                    f"sealed) on plain essay text to the loss; costs a 256-token forward+backward per step (default "
@@ -144,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-samples", type=int, default=10, help="held-out samples for exact match (default 10)")
     p.add_argument("--grad-accum", type=int, default=1, help="samples per optimizer step (default 1)")
     p.add_argument("--no-checkpointing", action="store_true", help="keep activations (faster, more memory)")
+    p.add_argument("--dry-run", action="store_true", help="print the memory and time plan (weights, checkpoints, "
+                   "activations, masks, logits; seconds per step) and stop before loading the model. Every run "
+                   "checks the plan first and refuses, naming the fix, when it cannot fit")
     p.add_argument("--checkpoint-every", type=int, default=0, help="save progress every N steps")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT.ckpt.pt")
 
@@ -174,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "first model, per cell")
     g.add_argument("--junit", help="write JUnit XML here (one test case per cell and model, one per check)")
     _add_rope_args(p)
+    p.add_argument("--self-extend", metavar="G,W", help="Self-Extend as llama.cpp does it (--grp-attn-n G "
+                   "--grp-attn-w W): groups of G old tokens share a position, the newest keep theirs, so prompts "
+                   "reach about W + (context - W) x G tokens. W must be a multiple of G; prefix reuse is off")
 
     p = sub.add_parser("seal", help="tune, fold and evaluate in one go, with a before/after report",
                        description="Tune against the GGUF's own dequantized weights, fold into the same quant "
@@ -189,6 +207,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--gpu-layers", type=int, default=0, help="llama.cpp GPU offload for the evaluation "
                    "(0 = CPU, -1 = all)")
+    p.add_argument("--base-model", metavar="REPO", help="the model card's base_model, e.g. "
+                   "HuggingFaceTB/SmolLM2-135M-Instruct (default: the GGUF's general.base_model.0.repo_url, else "
+                   "its general.name)")
+
+    p = sub.add_parser("heads", help="which attention heads help retrieval and which hurt it: a layer x head map",
+                       description="Remove each attention head in turn (its output scaled to 0 before o_proj) and "
+                                   "measure the change in the answer loss on synthetic samples: positive = the head "
+                                   "helps, negative = it hurts (the SEAL paper's Figure 2). --method grad estimates "
+                                   "the same map from one backward pass per sample (first order, -dL/ds at s = 1).\n\n"
+                                   "  sealgguf heads smollm2 --task lines --length 1024 --samples 8 -o heads.json "
+                                   "--plot heads.png\n"
+                                   "  sealgguf heads smollm2 --scales s.safetensors --plot h.png    # learned scales "
+                                   "beside the map, with their rank correlation")
+    p.add_argument("model", help="GGUF file, Hugging Face folder or bundled name")
+    p.add_argument("--task", default="lines", help="task the samples come from (default lines)")
+    p.add_argument("--length", type=int, default=1024, help="prompt length in tokens (default 1024)")
+    p.add_argument("--samples", type=int, default=8, help="samples to average over (default 8)")
+    p.add_argument("--method", choices=("ablate", "grad"), default="ablate",
+                   help="ablate: exact, one batched forward per layer per sample (default); grad: one backward per "
+                        "sample")
+    p.add_argument("--scales", help="a scales file: plot its per-head scales (SEAL-C: the mean over channels) beside "
+                                    "the map, with their Spearman correlation")
+    p.add_argument("--apply-scales", action="store_true", help="measure the map with --scales applied (the tuned "
+                                                                "model) instead of the base model")
+    p.add_argument("-o", "--output", help="write the map as JSON here")
+    p.add_argument("--plot", help="write the heatmap PNG here")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
 
     p = sub.add_parser("demo", help="seal the bundled SmolLM2 on line retrieval (~15 min on 2 CPU cores)")
     p.add_argument("-o", "--output-dir", default="sealgguf-demo", help="folder for the sealed model and report")
@@ -275,8 +321,11 @@ def cmd_tune(args) -> int:
 
     opt = replace(_tune_options(args, Path(args.output)), val_samples=args.val_samples, grad_accum=args.grad_accum,
                   checkpointing=not args.no_checkpointing, checkpoint_every=args.checkpoint_every,
-                  resume=args.resume)
+                  resume=args.resume, dry_run=args.dry_run)
     info = run_tune(opt)
+    if opt.dry_run:
+        print(info["plan"].describe())
+        return 0
     print(f"wrote {args.output}: {args.granularity} scales "
           f"{info['scale_min']:.3f}..{info['scale_max']:.3f}; loss {info['loss_first']:.3f} -> "
           f"{info['loss_last10']:.3f} (last 10); validation exact match {info['val_exact_match_before']:.2f} -> "
@@ -284,10 +333,36 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_heads(args) -> int:
+    import numpy as np
+
+    from sealgguf import heads
+
+    if not args.output and not args.plot:
+        raise SealError("heads: give -o FILE.json and/or --plot FILE.png")
+    result = heads.head_map(args.model, args.task, args.length, args.samples, args.method, args.scales,
+                            args.apply_scales, args.device, args.seed, args.progress)
+    if args.output:
+        heads.write_json(result, args.output)
+    if args.plot:
+        heads.plot(result, args.plot)
+    d = np.asarray(result["delta_loss"])
+    top = np.argsort(d, axis=None)
+    fmt = lambda i: f"L{i // d.shape[1]}.H{i % d.shape[1]} ({d.flat[i]:+.3f})"  # noqa: E731
+    print(f"{result['model']} {result['task']}@{result['length']}, {result['samples']} samples, {args.method}, "
+          f"{result['seconds']} s")
+    print("  most helpful heads: " + ", ".join(fmt(i) for i in top[::-1][:5]))
+    print("  most harmful heads: " + ", ".join(fmt(i) for i in top[:5]))
+    if "spearman_scales_vs_delta_loss" in result:
+        print(f"  Spearman(learned scale, loss change): {result['spearman_scales_vs_delta_loss']:+.3f}")
+    return 0
+
+
 def cmd_eval(args) -> int:
     from sealgguf import report as rep
     from sealgguf.errors import GateFailed
     from sealgguf.eval.harness import EvalOptions, evaluate
+    from sealgguf.self_extend import SelfExtend
     from sealgguf.models import resolve
     from sealgguf.report.gate import Gate, gate_record, junit_xml, run_gate
     from sealgguf.rope import RopeScaling
@@ -300,7 +375,8 @@ def cmd_eval(args) -> int:
         models=models, tasks=parse_tasks(",".join(args.task)), lengths=args.lengths, samples=args.samples,
         depths=args.depths, rope=RopeScaling.from_cli(args.rope_scaling, args.rope_factor), threads=args.threads,
         flash_attn=not args.no_flash_attn, reuse_prefix=not args.no_prefix_reuse, ppl_windows=args.ppl_windows,
-        seed=args.seed, progress=args.progress, gpu_layers=args.gpu_layers))
+        seed=args.seed, progress=args.progress, gpu_layers=args.gpu_layers,
+        self_extend=SelfExtend.from_cli(args.self_extend)))
     rows = rep.cells(report)
     checks = run_gate(gate, rows, report["models"])
     if gate.active:
@@ -329,7 +405,7 @@ def cmd_seal(args) -> int:
     report = seal(SealOptions(
         tune=_tune_options(args, Path(args.output)), out=Path(args.output), eval_samples=args.eval_samples,
         eval_lengths=args.eval_lengths, eval_tasks=args.eval_task, threads=args.threads,
-        ppl_windows=args.ppl_windows, gpu_layers=args.gpu_layers))
+        ppl_windows=args.ppl_windows, gpu_layers=args.gpu_layers, base_model=args.base_model))
     _print_seal(report)
     return 0
 
@@ -356,7 +432,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"inspect": cmd_inspect, "fold": cmd_fold, "tune": cmd_tune, "eval": cmd_eval, "seal": cmd_seal,
-            "demo": cmd_demo}
+            "heads": cmd_heads, "demo": cmd_demo}
 
 
 def _printable(e: SealError) -> str:

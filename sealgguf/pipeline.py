@@ -20,6 +20,7 @@ class SealOptions:
     ppl_windows: int = 4                    # knowledge check: perplexity/KL on 4 x 512 essay tokens (0 = skip)
     threads: int | None = None
     gpu_layers: int = 0                     # llama.cpp offload for the evaluation (-1 = all)
+    base_model: str | None = None           # the model card's base_model (default: from the GGUF's metadata)
 
 
 def report_paths(out: Path) -> dict[str, Path]:
@@ -56,11 +57,29 @@ def exact_kl(model: Path, scales: Path, windows: int, threads: int | None, gpu_l
     return measure
 
 
+def base_model(path: Path) -> dict:
+    """What the model card's front matter says about the source: the hub repository it came from when the GGUF
+    records one (general.base_model.0.repo_url / general.source.repo_url on huggingface.co), else its
+    general.name; and its general.license."""
+    from sealgguf.gguf_file import open_gguf
+
+    reader = open_gguf(path)
+    name = reader.get("general.name") or path.stem
+    for key in ("general.base_model.0.repo_url", "general.source.repo_url"):
+        url = reader.get(key)
+        if isinstance(url, str) and "huggingface.co/" in url:
+            name = url.split("huggingface.co/", 1)[1].strip("/")
+            break
+    return {"base_model": name, "license": reader.get("general.license") or ""}
+
+
 def seal(opt: SealOptions) -> dict:
     from sealgguf import report as rep
     from sealgguf.eval.harness import EvalOptions, evaluate
     from sealgguf.fold import fold_file
+    from sealgguf.fsutil import sha256_file
     from sealgguf.models import resolve
+    from sealgguf.report.card import card_path, write_card
     from sealgguf.tune import run_tune
 
     t = opt.tune
@@ -79,6 +98,10 @@ def seal(opt: SealOptions) -> dict:
         gpu_layers=opt.gpu_layers, ppl_windows=opt.ppl_windows, seed=t.seed, progress=t.progress))
     report["tune"] = {k: v for k, v in tune_info.items() if k != "losses"}
     report["tune"]["losses"] = [round(x, 4) for x in tune_info["losses"]]
+    report["source"] = {"name": model_path.name, "sha256": tune_info["source_sha256"], **base_model(model_path)}
+    if opt.base_model:
+        report["source"]["base_model"] = opt.base_model
+    report["sealed"] = {"name": opt.out.name, "sha256": sha256_file(opt.out)}
     report["fold"] = {"rel_rmse_by_type": folded.rel_rmse_by_type(),
                       "blocks_rescaled": folded.blocks("blocks_rescaled"),
                       "blocks_requantized": folded.blocks("blocks_requantized"), "form": folded.form,
@@ -92,6 +115,8 @@ def seal(opt: SealOptions) -> dict:
     rep.write_json(report, paths["report.json"])
     rep.write_markdown(report, paths["report.md"], header)
     rep.plot(report, paths["report.png"])
+    paths["card"] = card_path(opt.out)
+    write_card(rep.json_document(report), paths["card"])
     report["header"] = header
     report["paths"] = {k: str(v) for k, v in paths.items()}
     return report

@@ -124,10 +124,11 @@ def test_seal_end_to_end_tiny(tmp_path):
     from llama_cpp import Llama
 
     from sealgguf.cli import main
+    from sealgguf.fsutil import sha256_file
 
     out = tmp_path / "tiny.gguf"
     assert main(["-q", "seal", "smollm2", "-o", str(out), "--task", "passkey", "--length", "200", "--samples", "3",
-                 "--eval-samples", "2", "--ppl-windows", "1", "--threads", "2"]) == 0
+                 "--eval-samples", "2", "--ppl-windows", "1", "--threads", "2", "--base-model", "org/tiny"]) == 0
     for key in ("scales.safetensors", "report.json", "report.md", "report.png"):
         assert (tmp_path / f"tiny.{key}").exists(), key
     report = json.loads((tmp_path / "tiny.report.json").read_text())
@@ -136,6 +137,12 @@ def test_seal_end_to_end_tiny(tmp_path):
     labels = report["models"]
     assert k["perplexity"][labels[0]] != k["perplexity"][labels[1]]
     assert report["tune"]["samples"] == 3 and len(report["records"]) == 2
+    from test_card import check_card  # tests/ is on sys.path (conftest)
+
+    card = (tmp_path / "README.md").read_text()
+    check_card(card, report)
+    assert "base_model: \"org/tiny\"" in card and f"--lr {report['tune']['lr']:g}" in card
+    assert report["sealed"]["sha256"] == sha256_file(out) and report["source"]["sha256"] in card
     llm = Llama(model_path=str(out), n_ctx=64, verbose=False)
     assert llm.create_completion("Hello", max_tokens=4, temperature=0)["choices"][0]["text"].strip()
 

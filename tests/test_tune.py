@@ -308,3 +308,34 @@ def test_bf16_weights_fp32_scales_and_the_same_gradient(smollm2, hf_smollm2):
         grads.append(seal.scales.grad.ravel().double())
     cos = float(grads[0] @ grads[1] / (grads[0].norm() * grads[1].norm()))
     assert cos > 0.95, cos
+
+
+@pytest.mark.slow
+def test_lr_auto_picks_the_best_candidate_from_fresh_scales(smollm2, tmp_path, monkeypatch):
+    """--lr auto: every candidate starts from scales at 1.0 (the tiny lr's validation loss is the untouched
+    model's, though it runs after a big one), the pick is the lowest score, the full run uses it, and the sweep
+    is in the scales file."""
+    import json
+
+    import sealgguf.tune as tune
+    from sealgguf import scales
+
+    monkeypatch.setattr(tune, "LR_CANDIDATES", {"head": (1e-1, 1e-7), "channel": (1e-1, 1e-7)})
+    monkeypatch.setattr(tune, "LR_SWEEP_SAMPLES", 3)
+    out = tmp_path / "auto.safetensors"
+    info = _tiny_tune(smollm2, out, lr="auto", val_samples=3, samples=4, tasks=["lines"], length=256)
+    sweep = {row["lr"]: row for row in info["lr_sweep"]}
+    assert set(sweep) == {1e-1, 1e-7}
+    assert sweep[1e-7]["val_loss"] == pytest.approx(info["val_loss_before"], abs=1e-3)
+    assert sweep[1e-1]["val_loss"] != pytest.approx(info["val_loss_before"], abs=1e-3)  # the big lr moved it
+    best = min(info["lr_sweep"], key=lambda r: r["score"])["lr"]
+    assert info["lr"] == best
+    meta = scales.load(out).metadata
+    assert json.loads(meta["lr"]) == best and len(json.loads(meta["lr_sweep"])) == 2
+
+
+def test_lr_auto_needs_validation_samples(smollm2, tmp_path):
+    with pytest.raises(SealError, match="--val-samples >= 1"):
+        _tiny_tune(smollm2, tmp_path / "x.safetensors", lr="auto", val_samples=0)
+    with pytest.raises(SealError, match="--lr must be 'auto' or"):
+        _tiny_tune(smollm2, tmp_path / "x.safetensors", lr="fast")

@@ -9,6 +9,9 @@ their gradients of the scales on the same sample (SEAL-C, so every channel count
 
     .venv/bin/python tools/bench_tune.py [--model smollm2] [--lengths 1024,2048,4096] [--device auto]
                                          [--dtypes fp32,bf16]
+
+The memory and time plan's estimates (sealgguf.tune.plan, no --keep) are printed beside the measured step:
+"plan MiB" is its peak above the loaded weights, "plan s/step" its matmul-bound time.
 """
 
 from __future__ import annotations
@@ -79,6 +82,11 @@ def measure(model: str, length: int, device: str, repeat: int, ckpt: bool, dtype
         seal.scales.grad = None
 
     out = {"length": int(ex.ids.numel()), "device": device, "dtype": dtype}
+    from sealgguf.tune.plan import make_plan, shape_from_gguf  # the plan's estimate, beside what is measured
+
+    plan = make_plan(shape_from_gguf(resolve(model)), out["length"], dtype, device, ckpt, keep=False)
+    out["plan_step_mb"] = (plan.peak - plan.parts["weights"]) / 2**20
+    out["plan_step_s"] = plan.seconds_per_step
     lm.model.eval()
     base = reset_peak()
     out["forward_s"] = timed(forward)
@@ -122,7 +130,7 @@ def main() -> None:
     dtypes = args.dtypes.split(",")
     print(f"{'tokens':>6s} {'dtype':>5s} {'device':>6s} {'fwd tok/s':>10s} {'step tok/s':>11s} {'ckpt':>6s} "
           f"{'step/fwd':>9s} {'peak MiB fwd':>13s} {'step':>7s} {'step ckpt':>10s} {'vs ' + dtypes[0]:>8s} "
-          f"{'grad cos':>9s}")
+          f"{'grad cos':>9s} {'plan MiB step':>14s} {'ckpt':>6s} {'plan s/step':>12s} {'ckpt':>6s}")
     tmp = tempfile.mkdtemp()
     for length in (int(x) for x in args.lengths.split(",")):
         first = None
@@ -142,7 +150,8 @@ def main() -> None:
             print(f"{n:6d} {dtype:>5s} {m[0]['device']:>6s} {n / fwd:10.0f} {n / m[0]['step_s']:11.0f} "
                   f"{n / m[1]['step_s']:6.0f} {m[0]['step_s'] / fwd:9.2f} "
                   f"{m[0]['forward_peak_mb']:13.0f} {m[0]['step_peak_mb']:7.0f} {m[1]['step_peak_mb']:10.0f} "
-                  f"{first[0][0]['step_s'] / m[0]['step_s']:8.2f} {cos:9.4f}", flush=True)
+                  f"{first[0][0]['step_s'] / m[0]['step_s']:8.2f} {cos:9.4f} {m[0]['plan_step_mb']:14.0f} "
+                  f"{m[1]['plan_step_mb']:6.0f} {m[0]['plan_step_s']:12.2f} {m[1]['plan_step_s']:6.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -83,8 +83,9 @@ def tuned_table(evals: list[dict], tunes: list[dict]) -> str:
         cmp_ = fmt_cmp(compare(base, cand)) if base and cand else "not run | | "
         ppl_b, ppl_s = k["perplexity"]["base"], k["perplexity"]["sealed"]
         rope_txt = "" if rope[0] == "none" else f" {rope[0]}×{rope[1]:g}"
+        kind = run["granularity"][0].upper() + (" exact" if run.get("exact_fold") else "")  # exact: --exact-fold
         out.append(
-            f"| {run['model']} | {'+'.join(run['tasks'])} @{length}{rope_txt} | {run['granularity'][0].upper()} "
+            f"| {run['model']} | {'+'.join(run['tasks'])} @{length}{rope_txt} | {kind} "
             f"| {run['lr']:g} | {run.get('keep', 0):g} | {run['samples']} | {t['seconds']:.0f} "
             f"| {t['val_loss_before']:.2f} → {t['val_loss_after']:.2f} "
             f"| {t['val_exact_match_before']:.2f} → {t['val_exact_match_after']:.2f} "

@@ -9,6 +9,7 @@ from pathlib import Path
 from sealgguf.errors import SealError
 from sealgguf.eval.runner import LlamaRunner, rope_to_apply
 from sealgguf.rope import RopeScaling
+from sealgguf.self_extend import SelfExtend
 from sealgguf.tasks import get_task, make_sample
 from sealgguf.tasks.seeds import split_seeds
 
@@ -21,6 +22,7 @@ class EvalOptions:
     samples: int = 20
     depths: list[float] | None = None       # None: each sample draws its own position
     rope: RopeScaling = field(default_factory=RopeScaling)
+    self_extend: SelfExtend = field(default_factory=SelfExtend)  # llama.cpp group attention (--grp-attn-n/w)
     threads: int | None = None
     gpu_layers: int = 0                     # llama.cpp offload: 0 = CPU, -1 = all layers
     flash_attn: bool = True
@@ -58,6 +60,7 @@ def check_options(opt: EvalOptions) -> tuple[int, list]:
     if opt.threads is not None and opt.threads < 1:
         raise SealError(f"--threads must be >= 1, got {opt.threads}")
     opt.rope.check("--rope-factor")
+    opt.self_extend.check()
     if opt.gpu_layers < -1:
         raise SealError(f"--gpu-layers must be -1 (all), 0 (CPU) or a positive count, got {opt.gpu_layers}")
     n_ctx = max(opt.lengths) + max(t.max_answer_tokens for t in tasks) + 8
@@ -66,10 +69,13 @@ def check_options(opt: EvalOptions) -> tuple[int, list]:
         reader = open_gguf(path)
         readers.append(reader)
         layout = read_layout(reader, path)
-        limit = rope_to_apply(reader, opt.rope).context(layout.context_length)
+        limit = opt.self_extend.context(rope_to_apply(reader, opt.rope).context(layout.context_length))
         if layout.context_length and n_ctx > limit:
             how = (f"with {opt.rope.kind} x{opt.rope.factor:g} it reaches {limit}" if opt.rope.active
-                   else "use --rope-scaling linear|yarn|ntk with --rope-factor F to go beyond it")
+                   else f"with --self-extend {opt.self_extend.group},{opt.self_extend.window} it reaches {limit}"
+                   if opt.self_extend.active
+                   else "use --rope-scaling linear|yarn|ntk with --rope-factor F, or --self-extend G,W, to go "
+                        "beyond it")
             raise SealError(f"--lengths {max(opt.lengths)}: the prompt and answer need {n_ctx} tokens, but "
                             f"{path.name} has a context of {layout.context_length} ({how})")
     return n_ctx, readers
@@ -81,7 +87,8 @@ def evaluate(opt: EvalOptions) -> dict:
     n_ctx, readers = check_options(opt)
     tasks = [get_task(t) for t in opt.tasks]
     labels = model_labels(opt.models)
-    runners = [LlamaRunner(p, n_ctx, opt.threads, opt.flash_attn, opt.rope, opt.reuse_prefix, opt.gpu_layers, r)
+    runners = [LlamaRunner(p, n_ctx, opt.threads, opt.flash_attn, opt.rope, opt.reuse_prefix, opt.gpu_layers, r,
+                           opt.self_extend)
                for p, r in zip(opt.models, readers)]
     encoder = runners[0].encoder
     depths = opt.depths or [None]
@@ -116,7 +123,9 @@ def evaluate(opt: EvalOptions) -> dict:
 
     report = {"models": labels, "paths": [str(p) for p in opt.models], "tasks": opt.tasks,
               "lengths": opt.lengths, "depths": opt.depths, "samples": opt.samples, "seed": opt.seed,
-              "rope": {"kind": opt.rope.kind, "factor": opt.rope.factor}, "records": records, "timing": timing}
+              "rope": {"kind": opt.rope.kind, "factor": opt.rope.factor},
+              "self_extend": {"group": opt.self_extend.group, "window": opt.self_extend.window},
+              "records": records, "timing": timing}
     if opt.ppl_windows:
         from sealgguf.eval.knowledge import knowledge_check
 

@@ -11,6 +11,7 @@ import numpy as np
 from sealgguf.errors import SealError
 from sealgguf.eval.backend import load_llama
 from sealgguf.rope import RopeScaling
+from sealgguf.self_extend import GroupState, SelfExtend, shift_steps
 from sealgguf.tokens import PromptEncoder, gguf_adds_bos
 
 
@@ -29,7 +30,7 @@ class LlamaRunner:
 
     def __init__(self, path: str | Path, n_ctx: int, threads: int | None = None, flash_attn: bool = True,
                  rope: RopeScaling = RopeScaling(), reuse_prefix: bool = True, gpu_layers: int = 0,
-                 reader=None):
+                 reader=None, self_extend: SelfExtend = SelfExtend()):
         from sealgguf.gguf_file import field_value, open_gguf, read_layout
 
         self.path = Path(path)
@@ -39,7 +40,9 @@ class LlamaRunner:
         kwargs = rope_to_apply(reader, rope).llama_kwargs(base, layout.context_length, layout.head_dim)
         self.llm = load_llama(self.path, gpu_layers, n_ctx=n_ctx, n_batch=512, n_ubatch=512,
                               n_threads=threads or os.cpu_count(), flash_attn=flash_attn, swa_full=True, **kwargs)
-        self.reuse_prefix = reuse_prefix
+        self.self_extend = self_extend
+        self.reuse_prefix = reuse_prefix and not self_extend.active  # grouped positions depend on the history
+        self._group = GroupState()
         self.tokens_processed = 0
         template = field_value(reader, "tokenizer.chat_template")
         bos = self.llm.token_bos()
@@ -66,6 +69,27 @@ class LlamaRunner:
         self.llm.eval(ids[keep:])
         self.tokens_processed += len(ids) - keep
 
+    def _decode_grouped(self, ids: list[int]) -> None:
+        """Self-Extend: decode `ids` in n_batch chunks at llama.cpp's positions, editing the cache before each
+        chunk as llama.cpp's main loop does (sealgguf.self_extend.shift_steps)."""
+        import llama_cpp
+
+        mem = llama_cpp.llama_get_memory(self.llm._ctx.ctx)
+        for start in range(0, len(ids), self.llm.n_batch):
+            for op, p0, p1, v in shift_steps(self.self_extend, self._group):
+                (llama_cpp.llama_memory_seq_add if op == "add" else llama_cpp.llama_memory_seq_div)(mem, 0, p0, p1, v)
+            chunk = ids[start:start + self.llm.n_batch]
+            self.llm._batch.set_batch(chunk, n_past=self._group.n_past, logits_all=False)
+            self.llm._ctx.decode(self.llm._batch)
+            self._group.n_past += len(chunk)
+        self.tokens_processed += len(ids)
+
+    def max_position(self) -> int:
+        """The largest position in the cache (llama.cpp's own count, for checks)."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_memory_seq_pos_max(llama_cpp.llama_get_memory(self.llm._ctx.ctx), 0))
+
     def generate(self, ids: list[int], max_tokens: int) -> str:
         """Greedy continuation of `ids`, stopped at end of generation or a newline."""
         from llama_cpp import llama_vocab_is_eog
@@ -73,7 +97,14 @@ class LlamaRunner:
         if len(ids) + max_tokens > self.llm.n_ctx():
             raise SealError(f"{self.path.name}: prompt of {len(ids)} tokens + {max_tokens} does not fit n_ctx "
                             f"{self.llm.n_ctx()}")
-        self._feed(ids)
+        if self.self_extend.active:
+            import llama_cpp
+
+            llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self.llm._ctx.ctx), True)
+            self.llm.n_tokens, self._group = 0, GroupState()
+            self._decode_grouped(ids)
+        else:
+            self._feed(ids)
         out: list[int] = []
         vocab = self.llm._model.vocab
         for _ in range(max_tokens):
@@ -81,8 +112,11 @@ class LlamaRunner:
             if llama_vocab_is_eog(vocab, tok) or tok in self._eog:
                 break
             out.append(tok)
-            self.llm.eval([tok])
-            self.tokens_processed += 1
+            if self.self_extend.active:
+                self._decode_grouped([tok])
+            else:
+                self.llm.eval([tok])
+                self.tokens_processed += 1
         return self.llm.detokenize(out).decode("utf-8", "replace")
 
     def close(self) -> None:

@@ -49,3 +49,30 @@ def paired(a: list[bool], b: list[bool], n_boot: int = 4000, seed: int = 0) -> P
     only_a, only_b = int(((x == 1) & (y == 0)).sum()), int(((x == 0) & (y == 1)).sum())
     return Paired(n, float(x.mean()), float(y.mean()), float(d.mean()), float(lo), float(hi),
                   only_a, only_b, mcnemar_exact(only_a, only_b))
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of an accuracy k / n (sensible at 0, n and small n, unlike the normal one)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def spearman(a, b) -> float:
+    """Spearman rank correlation (ties get their average rank)."""
+    def ranks(x):
+        x = np.asarray(x, dtype=float).ravel()
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x), dtype=float)
+        for v in np.unique(x):  # average the ranks of ties
+            tie = x == v
+            r[tie] = r[tie].mean()
+        return r
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])

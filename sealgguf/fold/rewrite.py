@@ -299,7 +299,7 @@ def verify_written(tmp: Path, out: Path, names: set[str]) -> None:
 
     try:
         written = GGUFFile(tmp)
-        layout = read_layout(written, out)
+        read_layout(written, out)  # the attention layout must still validate
     except SealError as e:
         raise SealError(f"{out}: internal check of the written file failed ({e}); nothing was written") from None
     for t in written.tensors:

@@ -6,7 +6,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from sealgguf.eval.stats import Paired, paired
+from sealgguf.eval.stats import Paired, paired, wilson
 from sealgguf.fsutil import atomic_output
 
 
@@ -20,7 +20,8 @@ def cells(report: dict) -> list[dict]:
     for (task, length), recs in sorted(groups.items()):
         row = {"task": task, "length": length, "n": len(recs),
                "mean_tokens": round(sum(r["n_tokens"] for r in recs) / len(recs)),
-               "accuracy": {lab: sum(r["correct"][lab] for r in recs) / len(recs) for lab in labels}}
+               "accuracy": {lab: sum(r["correct"][lab] for r in recs) / len(recs) for lab in labels},
+               "ci95": {lab: list(wilson(sum(r["correct"][lab] for r in recs), len(recs))) for lab in labels}}
         if len(labels) == 2:
             row["paired"] = paired([r["correct"][labels[0]] for r in recs],
                                    [r["correct"][labels[1]] for r in recs]).__dict__
@@ -68,7 +69,8 @@ def write_json(report: dict, path: str | Path) -> None:
 
 
 def plot(report: dict, path: str | Path) -> None:
-    """Accuracy vs length per task (one line per model); NIAH length x depth heatmaps when depths vary."""
+    """Accuracy vs length per task (one line per model, 95% Wilson bands); with a single length, bars with
+    95% intervals instead; NIAH length x depth heatmaps when depths vary."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,13 +82,29 @@ def plot(report: dict, path: str | Path) -> None:
     ncols = len(tasks) + (len(labels) if heat else 0)
     fig, axes = plt.subplots(1, ncols, figsize=(4.2 * ncols, 3.6), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for lab in labels:
-            pts = [(r["length"], r["accuracy"][lab]) for r in rows if r["task"] == task]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=lab)
+        task_rows = [r for r in rows if r["task"] == task]
+        if len(task_rows) == 1:  # one cell: bars with their intervals read better than two dots on a log axis
+            row = task_rows[0]
+            acc = [row["accuracy"][lab] for lab in labels]
+            err = [[a - row["ci95"][lab][0] for a, lab in zip(acc, labels)],
+                   [row["ci95"][lab][1] - a for a, lab in zip(acc, labels)]]
+            ax.bar(range(len(labels)), acc, yerr=err, capsize=6, color=[f"C{i}" for i in range(len(labels))])
+            for i, a in enumerate(acc):
+                ax.text(i, a + 0.02, f"{a:.2f}", ha="center", va="bottom", fontsize=9)
+            ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=10)
+            ax.set(title=f"{task} at {row['length']} tokens (n={row['n']}, 95% CI)", ylabel="accuracy",
+                   ylim=(0, 1.1))
+            ax.grid(alpha=0.3, axis="y")
+            continue
+        for i, lab in enumerate(labels):
+            x = [r["length"] for r in task_rows]
+            ax.plot(x, [r["accuracy"][lab] for r in task_rows], marker="o", label=lab, color=f"C{i}")
+            ax.fill_between(x, [r["ci95"][lab][0] for r in task_rows], [r["ci95"][lab][1] for r in task_rows],
+                            alpha=0.15, color=f"C{i}")
         ax.set(title=task, xlabel="prompt length (tokens)", ylabel="accuracy", ylim=(-0.03, 1.03))
         ax.set_xscale("log", base=2)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.legend(fontsize=7)
     if heat:
         import numpy as np
 

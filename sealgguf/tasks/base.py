@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from sealgguf.errors import SealError
+
 
 @dataclass
 class Sample:
@@ -49,7 +51,8 @@ def make_sample(task: Task, seed: int, length: int, count_tokens: TokenCounter, 
     lo, hi = 1, 2
     best = build(lo)
     if best.n_tokens > length:
-        raise ValueError(f"task {task.name}: even the smallest prompt has {best.n_tokens} tokens > {length}")
+        raise SealError(f"--length {length}: too short for task {task.name}, whose smallest prompt has "
+                        f"{best.n_tokens} tokens")
     while True:  # grow until too long, then bisect
         s = build(hi)
         if s.n_tokens > length:

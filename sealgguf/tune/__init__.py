@@ -16,6 +16,11 @@ from sealgguf.rope import RopeScaling
 DEFAULT_GRANULARITY = "channel"
 DEFAULT_LR = {"head": 5e-2, "channel": 2e-2}
 DEFAULT_KEEP = 10.0
+# --lr auto: each candidate trains on the first LR_SWEEP_SAMPLES training samples and is scored on the
+# validation samples (sweep_score); the full tune then runs at the best one. The candidates bracket the
+# defaults by about 2.5x each way.
+LR_CANDIDATES = {"head": (1e-2, 2e-2, 5e-2, 1e-1), "channel": (5e-3, 1e-2, 2e-2, 5e-2)}
+LR_SWEEP_SAMPLES = 12
 QK_K = 256  # values per K-quant super-block, the widest ggml block
 
 
@@ -29,7 +34,7 @@ class TuneOptions:
     length: int = 1024
     samples: int = 50
     val_samples: int = 10
-    lr: float | None = None
+    lr: float | str | None = None  # None: DEFAULT_LR; "auto": a short sweep over LR_CANDIDATES (sweep_lr)
     epochs: int = 1
     grad_accum: int = 1
     keep: float = DEFAULT_KEEP     # knowledge-keeping term: weight of KL(baseline || sealed) on essay text
@@ -41,6 +46,7 @@ class TuneOptions:
     checkpointing: bool = True
     checkpoint_every: int = 0
     resume: bool = False
+    dry_run: bool = False          # print the memory and time plan (tune.plan) and stop before loading
     progress: bool = True
 
 
@@ -83,6 +89,7 @@ def run_tune(opt: TuneOptions) -> dict:
     from sealgguf.tasks import parse_tasks
     from sealgguf.tune.data import anchor_windows, make_examples
     from sealgguf.tune.model import SealScales, enable_checkpointing, load
+    from sealgguf.tune.plan import check as check_plan
     from sealgguf.tune.trainer import TrainConfig, train
 
     for name in ("length", "samples", "epochs", "grad_accum"):
@@ -90,8 +97,9 @@ def run_tune(opt: TuneOptions) -> dict:
             raise SealError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(opt, name)}")
     if opt.val_samples < 0 or opt.checkpoint_every < 0:
         raise SealError("--val-samples and --checkpoint-every must be >= 0")
-    if opt.lr is not None and not (opt.lr > 0 and math.isfinite(opt.lr)):
-        raise SealError(f"--lr must be a finite number > 0, got {opt.lr}")
+    if opt.lr is not None and opt.lr != "auto" and not (
+            isinstance(opt.lr, (int, float)) and opt.lr > 0 and math.isfinite(opt.lr)):
+        raise SealError(f"--lr must be 'auto' or a finite number > 0, got {opt.lr}")
     opt.rope.check("--rope-factor")
     if not (opt.keep >= 0 and math.isfinite(opt.keep)):
         raise SealError(f"--keep must be a finite number >= 0, got {opt.keep}")
@@ -102,6 +110,10 @@ def run_tune(opt: TuneOptions) -> dict:
     dtype = pick_dtype(opt.dtype, device)
     torch.manual_seed(opt.seed)
     path = resolve(opt.model)
+    plan = tuning_plan(path, opt, device, dtype)
+    if opt.dry_run:
+        return {"plan": plan}
+    check_plan(plan, str(path))
     lm = load(path, device, opt.rope, dtype)
     limit = lm.rope.context(lm.layout.context_length)
     if lm.layout.context_length and opt.length > limit:
@@ -117,11 +129,21 @@ def run_tune(opt: TuneOptions) -> dict:
     if opt.exact_fold:  # a folder has no quant types yet: tie for QK_K, the widest ggml block, exact for all
         form, tie = "factorized", attn_output_tie(lm.layout.n_head, lm.layout.head_dim,
                                                   lm.attn_output_block_sizes or [QK_K])
-    seal = SealScales(lm.layout, opt.granularity, form, tie).to(device).attach(lm.model)
-    lr = opt.lr if opt.lr is not None else DEFAULT_LR[opt.granularity]
+    def new_scales() -> SealScales:
+        return SealScales(lm.layout, opt.granularity, form, tie).to(device).attach(lm.model)
+
+    t0 = time.time()
+    sweep = []
+    if opt.lr == "auto":
+        sweep = sweep_lr(lm.model, new_scales, train_set[:LR_SWEEP_SAMPLES], val_set, anchors, opt, device)
+        lr = min(sweep, key=lambda c: c["score"])["lr"]
+    else:
+        lr = opt.lr if opt.lr is not None else DEFAULT_LR[opt.granularity]
+    sweep_seconds = round(time.time() - t0, 1)
     cfg = TrainConfig(lr=lr, epochs=opt.epochs, grad_accum=opt.grad_accum, keep=opt.keep, seed=opt.seed,
                       checkpoint_every=opt.checkpoint_every, resume=opt.resume, progress=opt.progress,
                       checkpoint_path=Path(str(opt.out) + ".ckpt.pt"))
+    seal = new_scales()
     t0 = time.time()
     result = train(lm.model, seal, train_set, val_set, cfg, device, anchors)
     values, factors = seal.values(), seal.factors()
@@ -141,11 +163,47 @@ def run_tune(opt: TuneOptions) -> dict:
         "loss_first": result.losses[0] if result.losses else None,
         "loss_last10": sum(result.losses[-10:]) / max(1, len(result.losses[-10:])),
         "kl_last10": sum(result.kls[-10:]) / len(result.kls[-10:]) if result.kls else None,
+        "lr_sweep": sweep or None, "lr_sweep_seconds": sweep_seconds if sweep else None,
     }
     scales_file.save(opt.out, values, {k: v for k, v in meta.items() if v is not None}, factors)
     if cfg.checkpoint_path.exists():
         cfg.checkpoint_path.unlink()
-    return {**meta, "losses": result.losses, "scale_min": float(values.min()), "scale_max": float(values.max())}
+    return {**meta, "granularity": opt.granularity, "exact_fold": opt.exact_fold, "losses": result.losses, "scale_min": float(values.min()), "scale_max": float(values.max())}
 
 
-__all__ = ["TuneOptions", "run_tune", "DEFAULT_GRANULARITY", "DEFAULT_LR", "DEFAULT_KEEP"]
+def tuning_plan(path: Path, opt: TuneOptions, device: str, dtype: str):
+    """The run's memory and time plan (sealgguf.tune.plan), from the GGUF header or the folder's config."""
+    from sealgguf.tune.plan import make_plan, shape_from_config, shape_from_gguf
+
+    if path.is_file():
+        shape = shape_from_gguf(path)
+    else:
+        from transformers import AutoConfig
+
+        shape = shape_from_config(AutoConfig.from_pretrained(path))
+    return make_plan(shape, opt.length, dtype, device, opt.checkpointing, opt.keep > 0)
+
+
+def sweep_lr(model, new_scales, train_set, val_set, anchors, opt: TuneOptions, device: str) -> list[dict]:
+    """--lr auto: train fresh scales at each of LR_CANDIDATES[granularity] on `train_set` (one epoch, the run's
+    keep), score each on the validation samples (trainer.sweep_score), and return one row per candidate."""
+    from tqdm import tqdm
+
+    from sealgguf.tune.trainer import TrainConfig, sweep_score, train
+
+    if not val_set:
+        raise SealError("--lr auto picks by validation loss: it needs --val-samples >= 1")
+    rows = []
+    for lr in tqdm(LR_CANDIDATES[opt.granularity], desc="lr sweep", unit="lr", disable=not opt.progress):
+        seal = new_scales()
+        try:
+            train(model, seal, train_set, [], TrainConfig(lr=lr, keep=opt.keep, seed=opt.seed, progress=False),
+                  device, anchors)
+            rows.append({"lr": lr, **sweep_score(model, seal, val_set, anchors[:4], opt.keep, device)})
+        finally:
+            seal.detach_hooks()
+    return rows
+
+
+__all__ = ["TuneOptions", "run_tune", "sweep_lr", "LR_CANDIDATES", "LR_SWEEP_SAMPLES", "DEFAULT_GRANULARITY",
+           "DEFAULT_LR", "DEFAULT_KEEP"]

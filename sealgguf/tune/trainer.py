@@ -68,6 +68,16 @@ def validate(model, examples: list[Example], device: str) -> tuple[float, float]
     return (sum(hit for _, hit in scored) / len(scored), sum(loss.item() for loss, _ in scored) / len(scored))
 
 
+@torch.no_grad()
+def sweep_score(model, seal: SealScales, val_set: list[Example], anchors: list[torch.Tensor], keep: float,
+                device: str) -> dict[str, float]:
+    """What --lr auto minimizes: the mean validation answer loss, plus keep x the mean KL(baseline || sealed) on
+    the anchor windows: the tuning objective, measured on samples the candidate did not train on."""
+    _, val_loss = validate(model, val_set, device)
+    kl = sum(anchor_kl(model, seal, ids, device).item() for ids in anchors) / len(anchors) if keep and anchors else 0.0
+    return {"val_loss": round(val_loss, 5), "kl": round(kl, 5), "score": round(val_loss + keep * kl, 5)}
+
+
 def train(model, seal: SealScales, train_set: list[Example], val_set: list[Example], cfg: TrainConfig,
           device: str, anchors: list[torch.Tensor] = ()) -> TrainResult:
     from tqdm import tqdm

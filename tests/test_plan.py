@@ -1,0 +1,48 @@
+"""The memory and time plan: read from the header, checked against the loaded model, and refusing with a fix."""
+
+import pytest
+
+from sealgguf.errors import SealError
+from sealgguf.tune.plan import GIB, check, make_plan, shape_from_gguf
+
+
+def test_shape_from_the_header_matches_the_loaded_model(smollm2, hf_smollm2):
+    s = shape_from_gguf(smollm2)
+    cfg = hf_smollm2.model.config
+    assert (s.n_layer, s.hidden, s.ffn, s.vocab) == (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size,
+                                                     cfg.vocab_size)
+    assert s.n_params == sum(p.numel() for p in hf_smollm2.model.parameters())
+    plan = make_plan(s, 1024, "fp32", "cpu", checkpointing=True, keep=False, rate=1e11)
+    assert plan.parts["weights"] == 4 * s.n_params and plan.parts["logits"] == 0
+
+
+def test_gemma_sliding_window_and_keep_logits(gemma3):
+    s = shape_from_gguf(gemma3)
+    assert s.sliding_window and s.vocab > 200_000
+    short = make_plan(s, 256, "bf16", "cpu", True, keep=True, rate=1e11)
+    long = make_plan(s, 32768, "bf16", "cpu", True, keep=True, rate=1e11)
+    assert long.parts["attention masks"] == 2 * 32768**2  # two masks once the window is shorter than the prompt
+    assert short.parts["logits"] == long.parts["logits"] > 0.9 * GIB  # 4 x 256 x 262k fp32 on the anchor window
+    assert long.seconds_per_step > 100 * short.seconds_per_step  # attention grows with the square
+
+
+@pytest.mark.parametrize("free,dtype,ckpt,fix", [(0.3, "fp32", True, "--dtype bf16"),
+                                                 (1.0, "fp32", False, "activation checkpointing"),
+                                                 (1.0, "fp32", True, "a shorter --length")])
+def test_refuses_with_the_fix(smollm2, monkeypatch, free, dtype, ckpt, fix):
+    import sealgguf.tune.plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "available_bytes", lambda device: int(free * GIB))
+    plan = make_plan(shape_from_gguf(smollm2), 16384, dtype, "cpu", ckpt, keep=True, rate=1e11)
+    with pytest.raises(SealError, match=fix):
+        check(plan, "smollm2")
+
+
+def test_dry_run_prints_the_plan_and_loads_nothing(capsys, monkeypatch):
+    import sealgguf.tune.model as model
+    from sealgguf.cli import main
+
+    monkeypatch.setattr(model, "load", lambda *a, **k: pytest.fail("--dry-run loaded the model"))
+    assert main(["-q", "tune", "smollm2", "-o", "/nonexistent/x.safetensors", "--length", "4096", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4096 tokens" in out and "weights" in out and "peak" in out and "time per step" in out
