@@ -18,21 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sealgguf.errors import SealError
 from sealgguf.fsutil import atomic_output
 
 METHODS = ("ablate", "grad")
-
-
-def _batched_answer_loss(model, ids: torch.Tensor, n_answer: int) -> torch.Tensor:
-    """Per row of `ids` [B, T]: the mean cross-entropy of the last n_answer tokens, and whether all are argmax."""
-    logits = model(input_ids=ids, logits_to_keep=n_answer + 1, use_cache=False).logits[:, :-1].float()
-    target = ids[:, -n_answer:]
-    loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(-1)
-    exact = (logits.argmax(-1) == target).all(-1)
-    return loss, exact
 
 
 def _replay(output, rows: int):
@@ -53,6 +43,7 @@ def ablate(model, layout, examples, device: str, progress: bool = False) -> dict
     from tqdm import tqdm
 
     from sealgguf.tune.model import decoder_layers
+    from sealgguf.tune.trainer import answer_losses
 
     L, H, D = layout.n_layer, layout.n_head, layout.head_dim
     d_loss, d_exact = np.zeros((L, H)), np.zeros((L, H))
@@ -64,7 +55,7 @@ def ablate(model, layout, examples, device: str, progress: bool = False) -> dict
         outputs = []
         handles = [layer.register_forward_hook(lambda m, a, out: outputs.append(out)) for layer in layers]
         try:
-            base_loss, base_exact = _batched_answer_loss(model, ids, ex.n_answer)
+            base_loss, base_exact = answer_losses(model, ids, ex.n_answer)
         finally:
             for h in handles:
                 h.remove()
@@ -75,7 +66,7 @@ def ablate(model, layout, examples, device: str, progress: bool = False) -> dict
             for j in range(i):
                 layers[j].forward = _replay(outputs[j], H)
             try:
-                loss, exact = _batched_answer_loss(model, ids.expand(H, -1), ex.n_answer)
+                loss, exact = answer_losses(model, ids.expand(H, -1), ex.n_answer)
             finally:
                 handle.remove()
                 for j in range(i):

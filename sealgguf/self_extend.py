@@ -38,7 +38,7 @@ class SelfExtend:
         return se
 
     def check(self) -> None:
-        if self.group < 1 or self.window < 1 and self.group > 1:
+        if self.group < 1 or (self.active and self.window < 1):
             raise SealError(f"--self-extend {self.group},{self.window}: G must be >= 1 and W >= 1")
         if self.active and self.window % self.group:
             raise SealError(f"--self-extend {self.group},{self.window}: W must be a multiple of G "

@@ -23,6 +23,16 @@ def gemma3() -> Path:
     return resolve("gemma3")
 
 
+@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
+def bundled_gguf(request):
+    """Each bundled model in turn: (path, its validated GGUF header, its attention layout)."""
+    from sealgguf.gguf_file import open_gguf, read_layout
+
+    path = request.getfixturevalue(request.param)
+    src = open_gguf(path)
+    return path, src, read_layout(src, path)
+
+
 @pytest.fixture(scope="session")
 def hf_smollm2(smollm2):
     """SmolLM2 in transformers, dequantized from the bundled Q4_1 GGUF (loaded once per session)."""

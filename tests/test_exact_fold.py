@@ -119,16 +119,9 @@ def test_seal_scales_factorized_form_matches_the_file():
         np.testing.assert_allclose(cols, want if want.ndim == 2 else np.repeat(want[:, None], 4, 1), rtol=1e-6)
 
 
-@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
-def model(request):
-    path = request.getfixturevalue(request.param)
-    src = open_gguf(path)
-    return path, src, read_layout(src, path)
-
-
 @pytest.mark.parametrize("granularity", ["head", "channel"])
-def test_factorized_fold_is_exact(model, granularity, tmp_path):
-    path, src, layout = model
+def test_factorized_fold_is_exact(bundled_gguf, granularity, tmp_path):
+    path, src, layout = bundled_gguf
     f = _factors(layout, granularity, 1)
     scales.save(tmp_path / "s.safetensors", scales.compose(f["attn_v"], f["attn_output"], granularity), {}, f)
     res = fold_file(path, tmp_path / "s.safetensors", tmp_path / "out.gguf")

@@ -14,16 +14,9 @@ def _random_scales(path, layout, granularity, seed=0):
     return rng.uniform(0.5, 1.5, shape).astype(np.float32)
 
 
-@pytest.fixture(scope="module", params=["smollm2", "gemma3"])
-def model(request):
-    path = request.getfixturevalue(request.param)
-    src = open_gguf(path)
-    return path, src, read_layout(src, path)
-
-
 @pytest.mark.parametrize("granularity", ["head", "channel"])
-def test_fold_random_scales(model, granularity, tmp_path):
-    path, src, layout = model
+def test_fold_random_scales(bundled_gguf, granularity, tmp_path):
+    path, src, layout = bundled_gguf
     values = _random_scales(path, layout, granularity)
     scales.save(tmp_path / "s.safetensors", values, {"task": "test"})
     res = fold_file(path, tmp_path / "s.safetensors", tmp_path / "out.gguf")
@@ -80,11 +73,11 @@ def test_metadata_kept_per_gguf_py(smollm2, tmp_path):
     assert [t.name for t in a.tensors] == [t.name for t in b.tensors]
 
 
-def test_folded_files_load_and_generate(model, tmp_path):
+def test_folded_files_load_and_generate(bundled_gguf, tmp_path):
     """The sealed file loads and generates in llama.cpp; one head at 0.9 moves the logits a little."""
     from llama_cpp import Llama
 
-    path, src, layout = model
+    path, src, layout = bundled_gguf
     values = np.ones((layout.n_layer, layout.n_head), np.float32)
     values[1, 0] = 0.9
     scales.save(tmp_path / "s.safetensors", values, {})

@@ -37,14 +37,20 @@ class TrainResult:
     val_loss_after: float | None = None
 
 
+def answer_losses(model, ids: torch.Tensor, n_answer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of `ids` [B, T]: the mean cross-entropy of its last n_answer tokens, and whether each is the
+    argmax; logits only for those positions, never [T x vocab]."""
+    logits = model(input_ids=ids, logits_to_keep=n_answer + 1, use_cache=False).logits
+    logits = logits[:, :-1].float()          # position t predicts token t + 1
+    target = ids[:, -n_answer:]
+    loss = F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(-1)
+    return loss, (logits.argmax(-1) == target).all(-1)
+
+
 def answer_loss(model, ex: Example, device: str) -> tuple[torch.Tensor, bool]:
-    """Cross-entropy over the answer tokens; logits only for those positions, never [T x vocab]."""
-    ids = ex.ids[None].to(device)
-    logits = model(input_ids=ids, logits_to_keep=ex.n_answer + 1, use_cache=False).logits
-    logits = logits[0, :-1].float()          # position t predicts token t + 1
-    target = ids[0, -ex.n_answer:]
-    exact = bool((logits.argmax(-1) == target).all())
-    return F.cross_entropy(logits, target), exact
+    """The answer cross-entropy of one example, and whether the model gets every answer token (teacher-forced)."""
+    loss, exact = answer_losses(model, ex.ids[None].to(device), ex.n_answer)
+    return loss[0], bool(exact[0])
 
 
 def anchor_kl(model, seal: SealScales, ids: torch.Tensor, device: str) -> torch.Tensor:
