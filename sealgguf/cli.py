@@ -113,11 +113,23 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
     _add_rope_args(p)
 
 
+def _add_imatrix_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (llama-imatrix's GGUF or legacy "
+                   ".dat; `sealgguf imatrix` writes one): blocks the fold must requantize are also quantized with "
+                   "ggml's importance-weighted quantizer, as llama-quantize --imatrix does, and each keeps the "
+                   "candidate with the lower weighted error")
+
+
 def _add_rope_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("context extension")
     g.add_argument("--rope-scaling", choices=("none", "linear", "yarn", "ntk"), default="none",
                    help="rope scaling to run beyond the native window (default none)")
     g.add_argument("--rope-factor", type=float, default=0.0, help="context extension factor, e.g. 2")
+    g.add_argument("--self-extend", metavar="G,W", help="Self-Extend as llama.cpp's group attention (--grp-attn-n G "
+                   "--grp-attn-w W): a query sees the keys of its own W-token window at their exact distance and "
+                   "older keys in groups of G sharing a position, so prompts reach about W + (context - W) x G "
+                   "tokens. W must be a multiple of G. tune learns under it and records it in the sealed file; "
+                   "eval's prefix reuse is off with it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokens, and llama.cpp's floor (the KL any change at all gives, since it quantizes "
                         "activations); stored as seal.fold.kl_exact / kl_floor. Writes temporary copies of the "
                         "model with the folded tensors in F32 (default 0: skip; needs llama-cpp-python)")
+    _add_imatrix_arg(p)
 
     p = sub.add_parser("tune", help="learn SEAL scales on synthetic retrieval data (PyTorch)",
                        description="Learn one scale per attention head (or head channel) on generated samples "
@@ -189,9 +202,6 @@ def build_parser() -> argparse.ArgumentParser:
                    "first model, per cell")
     g.add_argument("--junit", help="write JUnit XML here (one test case per cell and model, one per check)")
     _add_rope_args(p)
-    p.add_argument("--self-extend", metavar="G,W", help="Self-Extend as llama.cpp does it (--grp-attn-n G "
-                   "--grp-attn-w W): groups of G old tokens share a position, the newest keep theirs, so prompts "
-                   "reach about W + (context - W) x G tokens. W must be a multiple of G; prefix reuse is off")
 
     p = sub.add_parser("seal", help="tune, fold and evaluate in one go, with a before/after report",
                        description="Tune against the GGUF's own dequantized weights, fold into the same quant "
@@ -210,6 +220,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", metavar="REPO", help="the model card's base_model, e.g. "
                    "HuggingFaceTB/SmolLM2-135M-Instruct (default: the GGUF's general.base_model.0.repo_url, else "
                    "its general.name)")
+    _add_imatrix_arg(p)
+
+    p = sub.add_parser("imatrix", help="an importance matrix for attn_output, from essay text, for fold --imatrix",
+                       description="Measure the mean square of each attn_output input column over essay text in "
+                                   "transformers (the dequantized model) and write it as a llama.cpp GGUF imatrix "
+                                   "(what llama-imatrix writes; llama-quantize reads it too). Only attn_output "
+                                   "entries: that is the tensor the fold requantizes.")
+    p.add_argument("model", help="GGUF file, Hugging Face folder, or bundled name")
+    p.add_argument("-o", "--output", required=True, help="imatrix GGUF to write (atomically)")
+    p.add_argument("--windows", type=int, default=16, help="256-token essay windows (default 16)")
 
     p = sub.add_parser("heads", help="which attention heads help retrieval and which hurt it: a layer x head map",
                        description="Remove each attention head in turn (its output scaled to 0 before o_proj) and "
@@ -288,22 +308,32 @@ def cmd_fold(args) -> int:
     from sealgguf.fold import fold_file
     from sealgguf.models import resolve
     from sealgguf.pipeline import exact_kl
+    from sealgguf.scales import load as load_scales
+    from sealgguf.self_extend import SelfExtend
 
     model = resolve(args.model)
     kl = exact_kl(model, Path(args.scales), args.kl_windows, args.threads or None) if args.kl_windows else None
-    res = fold_file(model, args.scales, args.output, threads=args.threads, progress=args.progress, measure_kl=kl)
+    res = fold_file(model, args.scales, args.output, threads=args.threads, progress=args.progress, measure_kl=kl,
+                    imatrix=args.imatrix)
     errs = ", ".join(f"{t} {e:.2e}" for t, e in res.rel_rmse_by_type().items())
     if res.kl:
         errs += (f"; KL(exact || sealed) {res.kl['kl_exact']:.4f} nats/token (llama.cpp's floor for any change: "
                  f"{res.kl['kl_floor']:.4f})")
     print(f"wrote {res.out_path}: {len(res.tensors)} tensors folded ({res.granularity}, {res.form}); "
           f"blocks rescaled {res.blocks('blocks_rescaled')}, requantized {res.blocks('blocks_requantized')}, "
-          f"unchanged {res.blocks('blocks_unchanged')}; relative RMSE {errs}")
+          f"unchanged {res.blocks('blocks_unchanged')}"
+          + (f" ({res.blocks('blocks_imatrix')} of the requantized from the imatrix-weighted quantizer)"
+             if args.imatrix else "") + f"; relative RMSE {errs}")
+    se = SelfExtend.from_json(load_scales(args.scales).metadata.get("self_extend"), args.scales)
+    if se.active:
+        print(f"tuned under Self-Extend: run llama.cpp with {se.llama_cpp_flags()}, sealgguf eval with "
+              f"--self-extend {se.group},{se.window} (GGUF has no key for it; seal.tune.self_extend records it)")
     return 0
 
 
 def _tune_options(args, out: Path):
     from sealgguf.rope import RopeScaling
+    from sealgguf.self_extend import SelfExtend
     from sealgguf.tune import TuneOptions
 
     return TuneOptions(
@@ -311,7 +341,8 @@ def _tune_options(args, out: Path):
         length=args.length,
         samples=args.samples, lr=args.lr, epochs=args.epochs, keep=args.keep, seed=args.seed, device=args.device,
         dtype=args.dtype,
-        rope=RopeScaling.from_cli(args.rope_scaling, args.rope_factor), progress=args.progress)
+        rope=RopeScaling.from_cli(args.rope_scaling, args.rope_factor), self_extend=SelfExtend.from_cli(args.self_extend),
+        progress=args.progress)
 
 
 def cmd_tune(args) -> int:
@@ -355,6 +386,18 @@ def cmd_heads(args) -> int:
     print("  most harmful heads: " + ", ".join(fmt(i) for i in top[:5]))
     if "spearman_scales_vs_delta_loss" in result:
         print(f"  Spearman(learned scale, loss change): {result['spearman_scales_vs_delta_loss']:+.3f}")
+    return 0
+
+
+def cmd_imatrix(args) -> int:
+    from sealgguf.imatrix import collect, write_imatrix
+    from sealgguf.models import resolve
+
+    if args.windows < 1:
+        raise SealError(f"--windows must be >= 1, got {args.windows}")
+    importance, tokens = collect(resolve(args.model), args.windows, args.progress)
+    write_imatrix(args.output, importance, {k: tokens for k in importance}, "sealgguf essay windows", 256)
+    print(f"wrote {args.output}: {len(importance)} attn_output entries over {tokens} tokens")
     return 0
 
 
@@ -405,7 +448,8 @@ def cmd_seal(args) -> int:
     report = seal(SealOptions(
         tune=_tune_options(args, Path(args.output)), out=Path(args.output), eval_samples=args.eval_samples,
         eval_lengths=args.eval_lengths, eval_tasks=args.eval_task, threads=args.threads,
-        ppl_windows=args.ppl_windows, gpu_layers=args.gpu_layers, base_model=args.base_model))
+        ppl_windows=args.ppl_windows, gpu_layers=args.gpu_layers, base_model=args.base_model,
+        imatrix=args.imatrix))
     _print_seal(report)
     return 0
 
@@ -432,7 +476,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"inspect": cmd_inspect, "fold": cmd_fold, "tune": cmd_tune, "eval": cmd_eval, "seal": cmd_seal,
-            "heads": cmd_heads, "demo": cmd_demo}
+            "heads": cmd_heads, "imatrix": cmd_imatrix, "demo": cmd_demo}
 
 
 def _printable(e: SealError) -> str:

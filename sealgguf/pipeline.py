@@ -21,6 +21,7 @@ class SealOptions:
     threads: int | None = None
     gpu_layers: int = 0                     # llama.cpp offload for the evaluation (-1 = all)
     base_model: str | None = None           # the model card's base_model (default: from the GGUF's metadata)
+    imatrix: Path | None = None             # llama.cpp importance matrix weighting the fold's requantization
 
 
 def report_paths(out: Path) -> dict[str, Path]:
@@ -91,10 +92,10 @@ def seal(opt: SealOptions) -> dict:
     kl = exact_kl(model_path, paths["scales.safetensors"], opt.ppl_windows, opt.threads, opt.gpu_layers) \
         if opt.ppl_windows else None
     folded = fold_file(model_path, paths["scales.safetensors"], opt.out, threads=opt.threads or 0,
-                       progress=t.progress, measure_kl=kl)
+                       progress=t.progress, measure_kl=kl, imatrix=opt.imatrix)
     report = evaluate(EvalOptions(
         models=[model_path, opt.out], tasks=opt.eval_tasks or t.tasks,
-        lengths=opt.eval_lengths or [t.length], samples=opt.eval_samples, rope=t.rope, threads=opt.threads,
+        lengths=opt.eval_lengths or [t.length], samples=opt.eval_samples, rope=t.rope, self_extend=t.self_extend, threads=opt.threads,
         gpu_layers=opt.gpu_layers, ppl_windows=opt.ppl_windows, seed=t.seed, progress=t.progress))
     report["tune"] = {k: v for k, v in tune_info.items() if k != "losses"}
     report["tune"]["losses"] = [round(x, 4) for x in tune_info["losses"]]

@@ -7,10 +7,16 @@ grouped are divided into groups of G sharing one position, and everything after 
 most recent tokens keep exact positions, the older ones grouped positions, so position values stay below
 about W + (n - W) / G for n tokens. `shift_steps` is that bookkeeping, ported from llama.cpp's
 `examples/main` (ga_n, ga_w, ga_i), and `LlamaRunner` applies it to the cache.
+
+Seen from one query the result is simple (`grouped_key_position`): cut the sequence into windows of W tokens;
+a query attends to the keys of its own window at their exact distance, and to every older key at its index
+divided by G, shifted so that the window's start sits where grouping leaves it. The tuner's attention
+(sealgguf.tune.group_attention) computes exactly that, so scales learn under the positions llama.cpp uses.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from sealgguf.errors import SealError
@@ -53,6 +59,36 @@ class SelfExtend:
     def llama_cpp_flags(self) -> str:
         return f"--grp-attn-n {self.group} --grp-attn-w {self.window}" if self.active else ""
 
+    def to_json(self) -> str:
+        """The scales file's `self_extend` record, which fold copies to seal.tune.self_extend ("" when off)."""
+        return json.dumps({"group": self.group, "window": self.window}) if self.active else ""
+
+    @classmethod
+    def from_json(cls, data: str | dict | None, where: str = "self_extend") -> "SelfExtend":
+        """Parse that record (a JSON string, or the dict it holds); empty means off. Defects: one-line SealError."""
+        if not data:
+            return cls()
+        try:
+            spec = json.loads(data) if isinstance(data, str) else data
+            g, w = spec["group"], spec["window"]
+            if not all(isinstance(x, int) and not isinstance(x, bool) for x in (g, w)):
+                raise TypeError
+        except (ValueError, RecursionError, KeyError, TypeError):
+            raise SealError(f"{where}: expected {{\"group\": G, \"window\": W}} with integers, got {str(data)[:80]!r}") from None
+        se = cls(g, w)
+        try:
+            se.check()
+        except SealError as e:
+            raise SealError(f"{where}: {e}") from None
+        return se
+
+    def batch(self, state: "GroupState", n_batch: int) -> int:
+        """How many tokens to decode before the next cache edit is due. llama.cpp edits the cache only between
+        batches, so a batch must stop where the next W-token window starts; with W a multiple of n_batch that
+        is llama-cli's own batching, and with W smaller every window is grouped on time (llama-cli would group
+        late, at its next batch boundary)."""
+        return min(n_batch, state.ga_i + self.window - state.n_past) if self.active else n_batch
+
 
 @dataclass
 class GroupState:
@@ -76,3 +112,12 @@ def shift_steps(se: SelfExtend, state: GroupState) -> list[tuple[str, int, int, 
         state.n_past -= bd
         state.ga_i += W // G
     return ops
+
+
+def grouped_key_position(se: SelfExtend, window_start: int, key_index):
+    """Where a query in the window that starts at token `window_start` (a multiple of W) sees an older key,
+    `key_index` < window_start, in a frame where the query sits at its own index: its group (index // G),
+    moved up so the window's start keeps its exact distance (window_start - window_start // G). Keys of the
+    query's own window sit at their index. Works on ints and on integer tensors; tests check it against
+    shift_steps applied to a simulated cache."""
+    return window_start - window_start // se.group + key_index // se.group

@@ -4,10 +4,10 @@ called through ctypes. Used by the tests and by tools/bench_fold.py."""
 from __future__ import annotations
 
 import ctypes
-import functools
-from pathlib import Path
 
 import numpy as np
+
+import sealgguf.ggml
 
 # ggml type id -> (name used in ggml's function names, values per block, bytes per block)
 TYPES = {
@@ -19,16 +19,7 @@ TYPES = {
 QUANT_TYPES = [t for t, (_, bs, _) in TYPES.items() if bs > 1]
 
 
-@functools.lru_cache(maxsize=1)
-def lib() -> ctypes.CDLL:
-    import llama_cpp
-
-    folder = Path(llama_cpp.__file__).parent / "lib"
-    so = ctypes.CDLL(str(folder / "libggml-base.so"))
-    so.ggml_quantize_chunk.restype = ctypes.c_size_t
-    so.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64,
-                                       ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p]
-    return so
+lib = sealgguf.ggml.lib  # the same ctypes binding sealgguf's fold --imatrix uses
 
 
 def _ptr(a: np.ndarray) -> ctypes.c_void_p:

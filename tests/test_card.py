@@ -52,7 +52,7 @@ def _report() -> dict:
     tune = {"task": "lines", "length": 1024, "mean_tokens": 1013.5, "samples": 50, "lr": 0.02, "epochs": 1,
             "keep": 10.0, "seed": 0, "granularity": "channel", "exact_fold": False, "device": "cpu",
             "dtype": "fp32", "seconds": 465.3, "val_exact_match_before": 0.1, "val_exact_match_after": 0.9,
-            "scale_min": 0.412, "scale_max": 1.734, "rope_scaling": {"kind": "none", "factor": 1.0}}
+            "scale_min": 0.412, "scale_max": 1.734, "rope_scaling": None, "self_extend": None}
     return {"models": ["base.gguf", "sealed.gguf"], "tasks": ["lines"], "lengths": [1024], "samples": 20,
             "records": recs, "tune": tune,
             "knowledge": {"tokens": 2044, "perplexity": {"base.gguf": 30.391, "sealed.gguf": 30.962},
@@ -73,6 +73,18 @@ def test_card_numbers_come_from_the_report():
     changed = copy.deepcopy(doc)
     changed["knowledge"]["perplexity"]["sealed.gguf"] = 31.5
     assert "31.500" in model_card(changed) and "30.962" not in model_card(changed)
+
+
+def test_card_of_a_model_tuned_with_context_extension():
+    """Rope scaling and Self-Extend reach the reproduce command; Self-Extend also the llama.cpp flags to run with."""
+    doc = _report()
+    doc["tune"]["rope_scaling"] = {"type": "yarn", "factor": 2.0, "original_context_length": 8192, "head_dim": 64}
+    doc["tune"]["self_extend"] = {"group": 2, "window": 256}
+    doc = json_document(doc)
+    card = model_card(doc)
+    check_card(card, doc)
+    assert "--rope-scaling yarn --rope-factor 2" in card and "--self-extend 2,256" in card
+    assert "llama-cli -m sealed.gguf -c 1024 --grp-attn-n 2 --grp-attn-w 256" in card
 
 
 def test_a_number_not_in_the_report_is_caught():

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("sweep", "lr", "channel", "samples", "keep", "mix", "ood", "gemma", "exact", "long", "extend", "report")
-QUICK_STEPS = tuple(s for s in STEPS if s not in ("long", "extend"))  # tuning at 8K/16K takes hours on a CPU
+STEPS = ("sweep", "lr", "channel", "samples", "keep", "mix", "ood", "gemma", "exact", "long", "extend", "selfextend",
+         "report")
+QUICK_STEPS = tuple(s for s in STEPS if s not in ("long", "extend", "selfextend"))  # 8K/16K: hours on a CPU
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Plan:
     extend_task: str = "niah"                      # SmolLM2 fails passkey at 2K already (answer format)
     n_extend: int = 20                             # 16K: ~200 s a sample
     extend_tune_length: int = 1024                 # tuning under the scaling at 16K: hours per pass on a CPU
+    self_extend: tuple[int, int] = (2, 256)        # G, W: 16K fits SmolLM2's 8K window only with W <= ~330 at G = 2
+    n_selfextend: int = 10                         # 16K with Self-Extend: ~200 s a sample
     ppl_windows: int = 4                           # knowledge check: 4 x 512 essay tokens
     val_samples: int = 20
 
@@ -93,12 +96,15 @@ class Runner:
 
         return resolve(name) if name in ("smollm2", "gemma3") else self.work / "tune" / f"{name}.gguf"
 
-    def eval(self, model: str, task: str, length: int, n: int, rope: tuple[str, float] = ("none", 1.0)) -> dict:
+    def eval(self, model: str, task: str, length: int, n: int, rope: tuple[str, float] = ("none", 1.0),
+             self_extend: tuple[int, int] = (1, 0)) -> dict:
         """Accuracy of one GGUF (a bundled name or a tuned run's name) on one task x length cell."""
         from sealgguf.eval.harness import EvalOptions, evaluate
         from sealgguf.rope import RopeScaling
+        from sealgguf.self_extend import SelfExtend
 
-        suffix = f"-{rope[0]}{rope[1]:g}" if rope[0] != "none" else ""
+        suffix = (f"-{rope[0]}{rope[1]:g}" if rope[0] != "none" else "") + \
+            (f"-se{self_extend[0]}x{self_extend[1]}" if self_extend[0] > 1 else "")
         tag = f"{model}/{task}-{length}-n{n}{suffix}"
         path = self.work / "eval" / f"{tag.replace('/', '__')}.json"
         for other in (self.work / "eval").glob(f"{model}__{task}-{length}-n*{suffix}.json"):
@@ -110,22 +116,26 @@ class Runner:
         def compute() -> dict:
             print(f"  eval {tag}", flush=True)
             rep = evaluate(EvalOptions(models=[self.model_path(model)], tasks=[task], lengths=[length], samples=n,
-                                       rope=RopeScaling.from_cli(*rope), threads=self.threads, progress=True))
+                                       rope=RopeScaling.from_cli(*rope), self_extend=SelfExtend(*self_extend),
+                                       threads=self.threads, progress=True))
             lab = rep["models"][0]
             recs = [{"seed": r["seed"], "n_tokens": r["n_tokens"], "expected": r["expected"],
                      "output": r["output"][lab], "correct": bool(r["correct"][lab])} for r in rep["records"]]
             recs.sort(key=lambda r: r["seed"])
-            return {"model": model, "task": task, "length": length, "n": n, "rope": list(rope), "records": recs,
+            return {"model": model, "task": task, "length": length, "n": n, "rope": list(rope),
+                    "self_extend": list(self_extend), "records": recs,
                     "accuracy": sum(r["correct"] for r in recs) / len(recs),
                     "mean_tokens": round(sum(r["n_tokens"] for r in recs) / len(recs))}
         return self._cached(path, compute)
 
     def tune(self, name: str, model: str, tasks: list[str], granularity: str, length: int, samples: int,
-             lr: float, rope: tuple[str, float] = ("none", 0.0), keep: float = 0.0, exact: bool = False) -> dict:
+             lr: float, rope: tuple[str, float] = ("none", 0.0), keep: float = 0.0, exact: bool = False,
+             self_extend: tuple[int, int] = (1, 0)) -> dict:
         """Tune scales (train seeds, validation seeds for the loss), fold them into the GGUF, check knowledge."""
         from sealgguf.eval.knowledge import knowledge_check
         from sealgguf.fold import fold_file
         from sealgguf.rope import RopeScaling
+        from sealgguf.self_extend import SelfExtend
         from sealgguf.tune import TuneOptions, run_tune
 
         scales, gguf = self.work / "tune" / f"{name}.scales.safetensors", self.work / "tune" / f"{name}.gguf"
@@ -134,7 +144,7 @@ class Runner:
             print(f"  tune {name}: {model} {','.join(tasks)} SEAL-{granularity[0].upper()} {length} tokens, "
                   f"{samples} samples, lr {lr:g}, keep {keep:g}" + (", exact fold" if exact else ""), flush=True)
             info = run_tune(TuneOptions(model=model, out=scales, tasks=tasks, granularity=granularity, length=length,
-                                        exact_fold=exact,
+                                        exact_fold=exact, self_extend=SelfExtend(*self_extend),
                                         samples=samples, val_samples=self.plan.val_samples, lr=lr, keep=keep,
                                         rope=RopeScaling.from_cli(*rope), progress=True,
                                         checkpointing=length > 2048))  # 1-2K: memory is no issue, 20% faster
@@ -143,6 +153,7 @@ class Runner:
             know = knowledge_check([base, gguf], ["base", "sealed"], self.plan.ppl_windows, self.threads)
             return {"name": name, "model": model, "tasks": tasks, "granularity": granularity, "length": length,
                     "samples": samples, "lr": lr, "keep": keep, "rope": list(rope), "exact_fold": exact,
+                    "self_extend": list(self_extend),
                     "fold_blocks_requantized": folded.blocks("blocks_requantized"),
                     "tune": {k: v for k, v in info.items() if k != "losses"}, "losses": info["losses"],
                     "fold_rel_rmse": folded.rel_rmse_by_type(), "knowledge": know}
@@ -272,6 +283,21 @@ def run_steps(r: Runner, steps: list[str]) -> None:
         r.eval(shipped_default(r, p.extend_tune_length, yarn)["name"], task, E, n, yarn)
         for kind in ("linear", "ntk"):
             r.eval("smollm2", task, E, n, (kind, 2.0))
+    if "selfextend" in steps:
+        print("step selfextend: SmolLM2 at 2x its window with Self-Extend (llama.cpp's group attention)", flush=True)
+        # The base model under Self-Extend, then the default recipe tuned under the same grouping (at 1K, where
+        # W = 256 already groups 3 windows of 4), then the shipped default tuned without it.
+        from sealgguf.tune import DEFAULT_KEEP, DEFAULT_LR
+
+        E, task, n, se = p.extend_length, p.extend_task, p.n_selfextend, p.self_extend
+        lr_c, T = DEFAULT_LR["channel"], p.extend_tune_length
+        run = r.tune(f"smollm2-lines{T}-C-se{se[0]}x{se[1]}-lr{lr_c:g}-keep{DEFAULT_KEEP:g}-s{p.samples}", "smollm2",
+                     ["lines"], "channel", T, p.samples, lr_c, keep=DEFAULT_KEEP, self_extend=se)
+        r.eval("smollm2", task, E, n, self_extend=se)
+        r.eval(run["name"], task, E, n, self_extend=se)
+        for model in ("smollm2", run["name"]):  # the tuning cell, for the tuned-runs table
+            r.eval(model, "lines", T, p.n_eval, self_extend=se)
+        r.eval(shipped_default(r, L)["name"], task, E, n, self_extend=se)
 
 
 def keep_raw(work: Path, raw: Path) -> None:
@@ -290,7 +316,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small n and few cells (about an hour on 2 CPU cores)")
     ap.add_argument("--steps", help=f"comma-separated subset of: {', '.join(STEPS)} (default: all; with "
-                    "--quick all but long and extend)")
+                    "--quick all but long, extend and selfextend)")
     ap.add_argument("--work", type=Path, help="cache folder (default runs/reproduce or runs/reproduce-quick)")
     ap.add_argument("--docs", type=Path, help="where the report goes (default docs/results[-quick])")
     ap.add_argument("--update-readme", action="store_true", help="rewrite README.md between the result markers")

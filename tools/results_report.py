@@ -20,6 +20,10 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 def load_cache(work: Path) -> tuple[list[dict], list[dict]]:
     evals = [json.loads(p.read_text()) for p in sorted((work / "eval").glob("*.json"))]
     tunes = [json.loads(p.read_text()) for p in sorted((work / "tune").glob("*.json"))]
+    for record in evals + tunes:  # Self-Extend is one more way to extend: the tables key extensions on "rope"
+        group, window = record.get("self_extend") or (1, 0)
+        if group > 1:
+            record["rope"] = [f"self-extend W{window}", float(group)]
     return evals, tunes
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ def model_labels(paths: list[Path]) -> list[str]:
 def check_options(opt: EvalOptions) -> tuple[int, list]:
     """Refuse impossible options before any model is loaded; return the context size to load with and
     each model's opened (validated) GGUF header."""
-    from sealgguf.gguf_file import open_gguf, read_layout
+    from sealgguf.gguf_file import field_value, open_gguf, read_layout
 
     if not 1 <= len(opt.models) <= 2:
         raise SealError("eval takes one model, or two with --compare")
@@ -69,6 +70,10 @@ def check_options(opt: EvalOptions) -> tuple[int, list]:
         reader = open_gguf(path)
         readers.append(reader)
         layout = read_layout(reader, path)
+        tuned = SelfExtend.from_json(field_value(reader, "seal.tune.self_extend"), f"{path}: seal.tune.self_extend")
+        if tuned.active and tuned != opt.self_extend:
+            print(f"note: {path.name} was tuned under Self-Extend {tuned.group},{tuned.window}: evaluate it with "
+                  f"--self-extend {tuned.group},{tuned.window} (llama.cpp: {tuned.llama_cpp_flags()})", file=sys.stderr)
         limit = opt.self_extend.context(rope_to_apply(reader, opt.rope).context(layout.context_length))
         if layout.context_length and n_ctx > limit:
             how = (f"with {opt.rope.kind} x{opt.rope.factor:g} it reaches {limit}" if opt.rope.active

@@ -42,6 +42,7 @@ class LlamaRunner:
                               n_threads=threads or os.cpu_count(), flash_attn=flash_attn, swa_full=True, **kwargs)
         self.self_extend = self_extend
         self.reuse_prefix = reuse_prefix and not self_extend.active  # grouped positions depend on the history
+        self.native_div = False  # True: llama.cpp's own seq_div, sign error and all (tools/self_extend_check.py)
         self._group = GroupState()
         self.tokens_processed = 0
         template = field_value(reader, "tokenizer.chat_template")
@@ -70,18 +71,29 @@ class LlamaRunner:
         self.tokens_processed += len(ids) - keep
 
     def _decode_grouped(self, ids: list[int]) -> None:
-        """Self-Extend: decode `ids` in n_batch chunks at llama.cpp's positions, editing the cache before each
-        chunk as llama.cpp's main loop does (sealgguf.self_extend.shift_steps)."""
+        """Self-Extend: decode `ids` in batches at llama.cpp's positions, editing the cache before each batch as
+        llama.cpp's main loop does (sealgguf.self_extend.shift_steps); no batch crosses a window boundary."""
         import llama_cpp
 
         mem = llama_cpp.llama_get_memory(self.llm._ctx.ctx)
-        for start in range(0, len(ids), self.llm.n_batch):
+        start = 0
+        while start < len(ids):
             for op, p0, p1, v in shift_steps(self.self_extend, self._group):
-                (llama_cpp.llama_memory_seq_add if op == "add" else llama_cpp.llama_memory_seq_div)(mem, 0, p0, p1, v)
-            chunk = ids[start:start + self.llm.n_batch]
+                if op == "add" or self.native_div:
+                    (llama_cpp.llama_memory_seq_add if op == "add" else llama_cpp.llama_memory_seq_div)(mem, 0, p0, p1, v)
+                    continue
+                # llama.cpp's seq_div moves the positions but records the keys' rotation with the wrong sign
+                # (llama-kv-cells.h, pos_div: shift += p_old - p_new), so keys would turn away from their new
+                # positions (measured: tools/self_extend_check.py). One seq_add per position divides the same way
+                # and rotates correctly; in increasing order no moved cell falls into a later range.
+                for p in range(max(p0, 1), p1):
+                    if p // v != p:
+                        llama_cpp.llama_memory_seq_add(mem, 0, p, p + 1, p // v - p)
+            chunk = ids[start:start + self.self_extend.batch(self._group, self.llm.n_batch)]
             self.llm._batch.set_batch(chunk, n_past=self._group.n_past, logits_all=False)
             self.llm._ctx.decode(self.llm._batch)
             self._group.n_past += len(chunk)
+            start += len(chunk)
         self.tokens_processed += len(ids)
 
     def max_position(self) -> int:
@@ -112,6 +124,8 @@ class LlamaRunner:
             if llama_vocab_is_eog(vocab, tok) or tok in self._eog:
                 break
             out.append(tok)
+            if len(out) == max_tokens:
+                break  # no logits needed after the last token
             if self.self_extend.active:
                 self._decode_grouped([tok])
             else:

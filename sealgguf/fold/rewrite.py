@@ -120,7 +120,20 @@ def plan_tensor(t: TensorInfo, scales: Scales, layout: AttentionLayout) -> FoldP
     return FoldPlan(scale, None, [(n, sl, every) for n, sl in heads])
 
 
-def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int) -> tuple[np.ndarray, dict]:
+def scaled_weights(original: np.ndarray, plan: FoldPlan) -> np.ndarray:
+    """What the fold aims at: the dequantized tensor [rows, n_per_row] times the plan's row and column scales."""
+    want = original
+    if plan.rows is not None:
+        want = want * plan.rows[:, None]
+    if plan.cols is not None:
+        want = want * plan.cols[None, :]
+    return want
+
+
+def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int,
+                importance: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+    """The engine's fold of one tensor; with `importance` (an imatrix entry), requantized blocks may instead come
+    from ggml's importance-weighted quantizer (sealgguf.fold.weighted)."""
     from sealgguf import _core
 
     if not _core.supported(t.type_id):
@@ -133,6 +146,18 @@ def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int) -> t
         raise SealError(f"{src.path}: tensor {t.name} has shape {list(t.shape)}, but the attention layout needs {want}")
     new, stats = _core.fold(src.tensor_data(t), t.type_id, n_per_row, plan.cols, threads, plan.rows)
     stats["type"] = src.type_name(t)
+    stats["blocks_imatrix"] = 0
+    if importance is not None and stats["blocks_requantized"]:
+        from sealgguf.fold.weighted import weighted_candidate
+
+        if importance.shape != (n_per_row,):
+            raise SealError(f"imatrix entry {t.name} has {importance.size} values, but the tensor has {n_per_row} "
+                            "columns (an imatrix of another model?)")
+        target = scaled_weights(_core.dequantize(src.tensor_data(t), t.type_id, n_per_row), plan)
+        new, stats["blocks_imatrix"] = weighted_candidate(new, target, t.type_id, importance)
+        got = _core.dequantize(new.reshape(-1), t.type_id, n_per_row)
+        ref = float(np.square(target, dtype=np.float64).sum())
+        stats["rel_rmse"] = float(np.sqrt(np.square(got - target, dtype=np.float64).sum() / ref)) if ref else 0.0
     check_folded(src, t, new, plan, n_per_row)
     return new.reshape(-1), stats
 
@@ -147,11 +172,7 @@ def check_folded(src: GGUFFile, t: TensorInfo, new: np.ndarray, plan: FoldPlan, 
     if not np.isfinite(original).all():
         raise SealError(f"{src.path}: tensor {t.name} already holds values that are not finite; the input model "
                         "is broken")
-    want = original
-    if plan.rows is not None:
-        want = want * plan.rows[:, None]
-    if plan.cols is not None:
-        want = want * plan.cols[None, :]
+    want = scaled_weights(original, plan)
     layer = LAYER_OF.match(t.name).group(1)
     for unit, rows, cols in plan.units:
         scale = np.abs((plan.rows[rows] if plan.rows is not None else plan.cols[cols]))
@@ -182,11 +203,13 @@ def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
 
 def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str | os.PathLike,
               threads: int = 0, progress: bool = False,
-              measure_kl: Callable[[Path], dict[str, float]] | None = None) -> FoldResult:
+              measure_kl: Callable[[Path], dict[str, float]] | None = None,
+              imatrix: str | os.PathLike | None = None) -> FoldResult:
     """Fold the scales file into the model and write `out`. `measure_kl`, given the path of the written file
     before it is renamed into place, returns {"kl_exact": KL(scales applied exactly || sealed), "kl_floor":
     the engine's KL for any change at all} in nats/token; they go into seal.fold.* keys and FoldResult.kl
-    (the caller runs the engine: fold imports none)."""
+    (the caller runs the engine: fold imports none). `imatrix`: a llama.cpp importance-matrix file (GGUF or
+    legacy .dat) weighting the requantization of blocks whose scales vary (sealgguf.fold.weighted)."""
     model, out = Path(model), Path(out)
     for name, src in (("model", model), ("scales file", Path(scales_path))):
         if out.exists() and src.exists() and os.path.samefile(out, src):
@@ -196,7 +219,7 @@ def fold_file(model: str | os.PathLike, scales_path: str | os.PathLike, out: str
     pool = ThreadPoolExecutor(max_workers=1)
     source_hash = pool.submit(sha256_file, model)  # hashlib releases the GIL: runs beside the work below
     try:
-        return _fold_file(model, scales_path, out, threads, progress, source_hash, measure_kl)
+        return _fold_file(model, scales_path, out, threads, progress, source_hash, measure_kl, imatrix)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -205,7 +228,7 @@ HASH_PLACEHOLDER = "0" * 64
 
 
 def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool, source_hash,
-               measure_kl) -> FoldResult:
+               measure_kl, imatrix) -> FoldResult:
     import gguf
     from tqdm import tqdm
 
@@ -213,6 +236,11 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
     layout = read_layout(src, model)
     scales = load_scales(scales_path)
     scales.check_layout(layout, str(scales_path))
+    importance = {}
+    if imatrix is not None:
+        from sealgguf.imatrix import read_imatrix
+
+        importance = read_imatrix(imatrix)
 
     # Fold first: errors surface before anything is written.
     result = FoldResult(out, scales.granularity, layout, scales.form)
@@ -226,7 +254,7 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
             raise SealError(f"{model}: factorized scales need blk.{missing[0]}.attn_v.weight (or attn_qkv.weight), "
                             "which the file does not have")
     for t in tqdm(targets, desc="folding", unit="tensor", disable=not progress, leave=False):
-        folded[t.name], result.tensors[t.name] = fold_tensor(src, t, plans[t.name], threads)
+        folded[t.name], result.tensors[t.name] = fold_tensor(src, t, plans[t.name], threads, importance.get(t.name))
 
     V = gguf.GGUFValueType
     rope = RopeScaling.from_json(scales.metadata.get("rope_scaling"), str(scales_path))
@@ -239,13 +267,16 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
         "seal.scales_sha256": (sha256_file(scales_path), V.STRING),
         "seal.source_sha256": (HASH_PLACEHOLDER, V.STRING),
     })
-    for k in ("task", "length", "samples", "lr", "epochs", "seed", "rope_scaling", "source_sha256"):
+    for k in ("task", "length", "samples", "lr", "epochs", "seed", "rope_scaling", "self_extend", "source_sha256"):
         if scales.metadata.get(k):
             new_keys[f"seal.tune.{k}"] = (scales.metadata[k], V.STRING)
     for name, rmse in result.rel_rmse_by_type().items():
         new_keys[f"seal.fold.rel_rmse.{name}"] = (float(rmse), V.FLOAT32)
     new_keys["seal.fold.blocks_requantized"] = (result.blocks("blocks_requantized"), V.UINT64)
     new_keys["seal.fold.exact"] = (result.blocks("blocks_requantized") == 0, V.BOOL)
+    if imatrix is not None:
+        new_keys["seal.fold.imatrix"] = (Path(imatrix).name, V.STRING)
+        new_keys["seal.fold.blocks_imatrix"] = (result.blocks("blocks_imatrix"), V.UINT64)
     if measure_kl:  # placeholders: measured on the written file, then written in place
         new_keys.update({f"seal.fold.{k}": (0.0, V.FLOAT32) for k in MEASURED_KL})
 

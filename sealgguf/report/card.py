@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sealgguf.eval.stats import Paired
 from sealgguf.fsutil import atomic_output
+from sealgguf.self_extend import SelfExtend
 
 TAGS = ["gguf", "seal", "long-context"]
 MARKER = "<!-- written by sealgguf seal: rewritten on the next seal into this folder -->"
@@ -42,9 +43,12 @@ def _seal_command(report: dict) -> str:
         args.append(f"--epochs {t['epochs']}")
     if t.get("exact_fold"):
         args.append("--exact-fold")
-    rope = t.get("rope_scaling") or {}
-    if rope.get("kind", "none") != "none":
-        args.append(f"--rope-scaling {rope['kind']} --rope-factor {rope['factor']:g}")
+    rope = t.get("rope_scaling") or {}  # the scales file's record, {"type": KIND, "factor": F, ...}
+    if rope.get("type", "none") != "none":
+        args.append(f"--rope-scaling {rope['type']} --rope-factor {rope['factor']:g}")
+    se = SelfExtend.from_json(t.get("self_extend"))
+    if se.active:
+        args.append(f"--self-extend {se.group},{se.window}")
     args += [f"--eval-samples {report['samples']}", f"--eval-lengths {','.join(map(str, report['lengths']))}",
              f"--eval-task {','.join(report['tasks'])}"]
     return " \\\n    ".join(args)
@@ -106,11 +110,18 @@ def model_card(report: dict) -> str:
                   f"{rmse}." + (f" KL(scales applied exactly ‖ sealed) {fold['kl_exact']:.5f} nats/token "
                                 f"(llama.cpp's floor for any change: {fold['kl_floor']:.5f})."
                                 if "kl_exact" in fold else ""), ""]
+    se = SelfExtend.from_json(t.get("self_extend"))
+    grouped = f" {se.llama_cpp_flags()}" if se.active else ""
     lines += ["## Files", "", "| file | SHA-256 |", "|---|---|",
               f"| base: {src['name']} | `{src['sha256']}` |", f"| sealed: {out['name']} | `{out['sha256']}` |", "",
               "## Reproduce", "", "```sh", f"# sealgguf {report['sealgguf_version']}", _seal_command(report), "```", "",
               "## Run it", "", "llama.cpp:", "", "```sh",
-              f"llama-cli -m {out['name']} -c {ctx}", "```", "", "llama-cpp-python:", "", "```python",
+              f"llama-cli -m {out['name']} -c {ctx}{grouped}", "```", ""] + ([
+              f"Tuned under Self-Extend (group {se.group}, window {se.window}); llama.cpp has no GGUF key for it, so "
+              "pass the group-attention flags above; llama-cpp-python and ollama have no switch for it. "
+              "Caution: in the llama.cpp sealgguf was tested with, llama_memory_seq_div (which group "
+              "attention calls) rotates the grouped keys the wrong way; sealgguf's evaluation divides positions "
+              "with seq_add instead, so llama.cpp's own group attention may score lower than the table above.", ""] if se.active else []) + [ "llama-cpp-python:", "", "```python",
               "from llama_cpp import Llama", "",
               f"llm = Llama(model_path=\"{out['name']}\", n_ctx={ctx})", "```", "",
               "ollama (a `Modelfile`, then `ollama create sealed -f Modelfile`):", "", "```",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from sealgguf.errors import SealError
 from sealgguf.rope import RopeScaling
+from sealgguf.self_extend import SelfExtend
 
 # Chosen from tools/reproduce.py on SmolLM2 lines at 1K (README "Results"): SEAL-C at the paper's lr 2e-2 with
 # keep 10 had the lowest validation loss of the runs that kept short-context perplexity within +2%. For SEAL-H
@@ -43,6 +45,7 @@ class TuneOptions:
     device: str = "auto"
     dtype: str = "auto"            # the frozen weights' storage and compute dtype; scales and AdamW stay fp32
     rope: RopeScaling = field(default_factory=RopeScaling)  # applied while tuning; fold writes it to the GGUF
+    self_extend: SelfExtend = field(default_factory=SelfExtend)  # group attention while tuning; fold records it
     checkpointing: bool = True
     checkpoint_every: int = 0
     resume: bool = False
@@ -87,6 +90,7 @@ def run_tune(opt: TuneOptions) -> dict:
     from sealgguf.models import resolve
     from sealgguf.scales import attn_output_tie
     from sealgguf.tasks import parse_tasks
+    from sealgguf.tune import group_attention
     from sealgguf.tune.data import anchor_windows, make_examples
     from sealgguf.tune.model import SealScales, enable_checkpointing, load
     from sealgguf.tune.plan import check as check_plan
@@ -101,6 +105,7 @@ def run_tune(opt: TuneOptions) -> dict:
             isinstance(opt.lr, (int, float)) and opt.lr > 0 and math.isfinite(opt.lr)):
         raise SealError(f"--lr must be 'auto' or a finite number > 0, got {opt.lr}")
     opt.rope.check("--rope-factor")
+    opt.self_extend.check()
     if not (opt.keep >= 0 and math.isfinite(opt.keep)):
         raise SealError(f"--keep must be a finite number >= 0, got {opt.keep}")
     if opt.granularity not in DEFAULT_LR:
@@ -115,10 +120,11 @@ def run_tune(opt: TuneOptions) -> dict:
         return {"plan": plan}
     check_plan(plan, str(path))
     lm = load(path, device, opt.rope, dtype)
-    limit = lm.rope.context(lm.layout.context_length)
+    limit = opt.self_extend.context(lm.rope.context(lm.layout.context_length))
     if lm.layout.context_length and opt.length > limit:
         raise SealError(f"--length {opt.length} exceeds the model's context of {int(limit)} tokens; "
-                        "use --rope-scaling linear|yarn|ntk with --rope-factor")
+                        "use --rope-scaling linear|yarn|ntk with --rope-factor, or --self-extend G,W")
+    group_attention.attach(lm.model, opt.self_extend)
     if opt.checkpointing:
         enable_checkpointing(lm.model)
 
@@ -154,7 +160,9 @@ def run_tune(opt: TuneOptions) -> dict:
         "task": ",".join(opt.tasks), "length": opt.length, "mean_tokens": round(sum(lengths) / len(lengths), 1),
         "samples": opt.samples, "lr": lr, "epochs": opt.epochs, "grad_accum": opt.grad_accum, "keep": opt.keep,
         "seed": opt.seed, "attn_output_tie": tie if opt.exact_fold else None,
-        "rope_scaling": lm.rope.to_json(), "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
+        "rope_scaling": lm.rope.to_json(),
+        "self_extend": opt.self_extend.to_json() or None,
+        "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
         "device": device, "dtype": dtype, "seconds": round(time.time() - t0, 1),
@@ -168,7 +176,9 @@ def run_tune(opt: TuneOptions) -> dict:
     scales_file.save(opt.out, values, {k: v for k, v in meta.items() if v is not None}, factors)
     if cfg.checkpoint_path.exists():
         cfg.checkpoint_path.unlink()
-    return {**meta, "granularity": opt.granularity, "exact_fold": opt.exact_fold, "losses": result.losses, "scale_min": float(values.min()), "scale_max": float(values.max())}
+    return {**meta, "self_extend": json.loads(meta["self_extend"]) if meta["self_extend"] else None,
+            "rope_scaling": json.loads(meta["rope_scaling"]) if meta["rope_scaling"] else None,
+            "granularity": opt.granularity, "exact_fold": opt.exact_fold, "losses": result.losses, "scale_min": float(values.min()), "scale_max": float(values.max())}
 
 
 def tuning_plan(path: Path, opt: TuneOptions, device: str, dtype: str):
