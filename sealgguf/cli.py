@@ -106,6 +106,10 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
                    f"{DEFAULT_KEEP:g}; 0 is the paper's loss)")
     g.add_argument("--seed", type=int, default=0, help="seed for samples and order (default 0)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
+    g.add_argument("--device-map", choices=("auto",), help="auto: spread the frozen model with accelerate over every "
+                   "GPU, then CPU RAM, then --offload-folder (transformers' big-model placement); activations move "
+                   "from device to device and the backward pass follows them. For models larger than one GPU")
+    g.add_argument("--offload-folder", help="folder for layers --device-map auto offloads to disk")
     g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="dtype of the frozen weights and the forward/backward pass; the scales and the optimizer "
                         "stay fp32 (default auto: bf16 on a CUDA GPU with bf16 or a CPU with AMX-BF16/AVX512-BF16, "
@@ -338,6 +342,7 @@ def _tune_options(args, out: Path):
 
     return TuneOptions(
         model=args.model, out=out, tasks=args.task, granularity=args.granularity, exact_fold=args.exact_fold,
+        device_map=args.device_map, offload_folder=args.offload_folder,
         length=args.length,
         samples=args.samples, lr=args.lr, epochs=args.epochs, keep=args.keep, seed=args.seed, device=args.device,
         dtype=args.dtype,

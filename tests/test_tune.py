@@ -339,3 +339,34 @@ def test_lr_auto_needs_validation_samples(smollm2, tmp_path):
         _tiny_tune(smollm2, tmp_path / "x.safetensors", lr="auto", val_samples=0)
     with pytest.raises(SealError, match="--lr must be 'auto' or"):
         _tiny_tune(smollm2, tmp_path / "x.safetensors", lr="fast")
+
+
+def test_a_split_model_gives_the_same_gradients(smollm2, hf_smollm2, tmp_path):
+    """--device-map: accelerate places half the layers on disk (weights loaded by its hooks when the layer runs);
+    with activation checkpointing on, the scales' loss and gradient equal the unsplit model's."""
+    from sealgguf.tune.model import load
+
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": "cpu" if i < 15 else "disk" for i in range(30)})
+    split = load(smollm2, "cpu", device_map=device_map, offload_folder=str(tmp_path))
+    assert hasattr(split.model.model.layers[20].self_attn.q_proj, "_hf_hook")  # accelerate's hooks are in
+    assert split.model.model.layers[20].self_attn.q_proj.weight.device.type == "meta"  # weights on disk
+    ex = make_examples(["lines"], 1, 300, hf_smollm2.encoder, "train")[0]
+    results = []
+    for lm in (hf_smollm2, split):
+        enable_checkpointing(lm.model)
+        lm.model.train()
+        seal = SealScales(lm.layout, "channel").attach(lm.model)
+        with torch.no_grad():
+            seal.scales.copy_(torch.linspace(0.5, 1.5, seal.scales.numel()).reshape(seal.scales.shape))
+        try:
+            loss, _ = answer_loss(lm.model, ex, "cpu")
+            loss.backward()
+            results.append((loss.item(), seal.scales.grad.clone()))
+        finally:
+            seal.detach_hooks()
+            lm.model.eval()
+            disable_checkpointing(lm.model)
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    assert loss_a == pytest.approx(loss_b, rel=1e-6) and grad_a.abs().max() > 0
+    torch.testing.assert_close(grad_b, grad_a, rtol=1e-5, atol=1e-7)

@@ -43,6 +43,8 @@ class TuneOptions:
     anchor_windows: int = 16       # 256-token essay windows the KL term cycles through
     seed: int = 0
     device: str = "auto"
+    device_map: str | None = None  # "auto": accelerate spreads the layers over every GPU, then CPU, then disk
+    offload_folder: str | None = None  # where --device-map auto may offload layers to disk
     dtype: str = "auto"            # the frozen weights' storage and compute dtype; scales and AdamW stay fp32
     rope: RopeScaling = field(default_factory=RopeScaling)  # applied while tuning; fold writes it to the GGUF
     self_extend: SelfExtend = field(default_factory=SelfExtend)  # group attention while tuning; fold records it
@@ -118,8 +120,9 @@ def run_tune(opt: TuneOptions) -> dict:
     plan = tuning_plan(path, opt, device, dtype)
     if opt.dry_run:
         return {"plan": plan}
-    check_plan(plan, str(path))
-    lm = load(path, device, opt.rope, dtype)
+    if opt.device_map is None:
+        check_plan(plan, str(path))  # the plan models one device; with a device map accelerate places the layers
+    lm = load(path, device, opt.rope, dtype, device_map=opt.device_map, offload_folder=opt.offload_folder)
     limit = opt.self_extend.context(lm.rope.context(lm.layout.context_length))
     if lm.layout.context_length and opt.length > limit:
         raise SealError(f"--length {opt.length} exceeds the model's context of {int(limit)} tokens; "
@@ -165,7 +168,7 @@ def run_tune(opt: TuneOptions) -> dict:
         "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
-        "device": device, "dtype": dtype, "seconds": round(time.time() - t0, 1),
+        "device": device, "device_map": opt.device_map, "dtype": dtype, "seconds": round(time.time() - t0, 1),
         "val_exact_match_before": result.val_before, "val_exact_match_after": result.val_after,
         "val_loss_before": result.val_loss_before, "val_loss_after": result.val_loss_after,
         "loss_first": result.losses[0] if result.losses else None,

@@ -83,7 +83,7 @@ class SealScales(nn.Module):
                 if not self.enabled:
                     return None
                 x = args[0]
-                return (x * self.column_scales(i).to(x.dtype),) + tuple(args[1:])
+                return (x * self.column_scales(i).to(x.device, x.dtype),) + tuple(args[1:])
 
             self._handles.append(layer.self_attn.o_proj.register_forward_pre_hook(hook))
         return self
@@ -159,9 +159,12 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 
 
 def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype: str = "fp32",
-         fast: bool = True) -> LoadedModel:
+         fast: bool = True, device_map: str | dict | None = None, offload_folder: str | None = None) -> LoadedModel:
     """The frozen model in `dtype` (fp32, bf16, fp16) on `device`, its layout and its prompt encoder.
-    fast=False loads a GGUF the way transformers alone does (kept for tools/bench_load.py)."""
+    fast=False loads a GGUF the way transformers alone does (kept for tools/bench_load.py). `device_map`
+    ("auto" or a module -> device dict) places the layers with accelerate instead, as transformers'
+    big-model loading does: every GPU, then CPU, then `offload_folder` on disk; accelerate's hooks move the
+    activations from device to device, and the backward pass follows them."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     is_gguf = model_path.is_file()
@@ -188,7 +191,10 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **kw)
         tok = AutoTokenizer.from_pretrained(folder, **kw)
     model.requires_grad_(False)
-    model.to(device)
+    if device_map is None:
+        model.to(device)
+    else:
+        place(model, device_map, offload_folder)
     model.config.use_cache = False
 
     if is_gguf:
@@ -204,6 +210,22 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         chat_template=getattr(tok, "chat_template", None), bos_text=tok.bos_token or "",
     )
     return LoadedModel(model, layout, encoder, model_path, is_gguf, rope, block_sizes)
+
+
+def place(model: nn.Module, device_map: str | dict, offload_folder: str | None = None) -> dict:
+    """Spread a loaded model with accelerate: "auto" fills every GPU, then CPU RAM, then `offload_folder` (its
+    infer_auto_device_map, decoder layers never split); a dict places modules by name ("cpu", "disk", GPU
+    index). accelerate's hooks then move activations between devices and load offloaded weights when their
+    layer runs. The model is loaded into CPU RAM first (transformers refuses disk offload for GGUF files)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+
+    if device_map == "auto":
+        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules,
+                                           dtype=next(model.parameters()).dtype)
+    if "disk" in device_map.values() and not offload_folder:
+        raise SealError("the device map offloads layers to disk: give an offload folder")
+    dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
+    return device_map
 
 
 def enable_checkpointing(model: nn.Module) -> None:

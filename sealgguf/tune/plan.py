@@ -172,7 +172,7 @@ def check(plan: Plan, where: str) -> None:
         return
     need, have = plan.peak / GIB, plan.available / GIB
     if plan.parts["weights"] > 0.8 * plan.available:
-        fix = "--dtype bf16" if plan.dtype == "fp32" else "--device-map auto (not in this release) or a smaller model"
+        fix = "--dtype bf16" if plan.dtype == "fp32" else "--device-map auto or a smaller model"
     elif not plan.checkpointing:
         fix = "activation checkpointing (drop --no-checkpointing)"
     else:
