@@ -362,6 +362,8 @@ def cmd_tune(args) -> int:
     if opt.dry_run:
         print(info["plan"].describe())
         return 0
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # torchrun / accelerate launch: the first process reports
     print(f"wrote {args.output}: {args.granularity} scales "
           f"{info['scale_min']:.3f}..{info['scale_max']:.3f}; loss {info['loss_first']:.3f} -> "
           f"{info['loss_last10']:.3f} (last 10); validation exact match {info['val_exact_match_before']:.2f} -> "

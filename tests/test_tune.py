@@ -1,5 +1,7 @@
 """The SEAL tuner on the real SmolLM2 (dequantized from its bundled Q4_1 GGUF)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -370,3 +372,34 @@ def test_a_split_model_gives_the_same_gradients(smollm2, hf_smollm2, tmp_path):
     (loss_a, grad_a), (loss_b, grad_b) = results
     assert loss_a == pytest.approx(loss_b, rel=1e-6) and grad_a.abs().max() > 0
     torch.testing.assert_close(grad_b, grad_a, rtol=1e-5, atol=1e-7)
+
+
+def test_two_gloo_processes_match_one(smollm2, tmp_path):
+    """Data parallel over samples: `torchrun --nproc-per-node 2 -m sealgguf tune ... --grad-accum 2` on CPU (gloo)
+    learns the scales one process learns with --grad-accum 2 (each process takes one sample of every step)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from sealgguf import scales
+    from sealgguf.tune import TuneOptions, run_tune
+
+    args = dict(tasks=["passkey"], granularity="head", length=256, samples=4, val_samples=1, lr=5e-2, keep=1.0,
+                grad_accum=2)
+    info = run_tune(TuneOptions(model=str(smollm2), out=tmp_path / "one.safetensors", progress=False, **args))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "sealgguf", "-q", "tune", str(smollm2), "-o", str(tmp_path / "two.safetensors"), "--task", "passkey",
+           "--granularity", "head", "--length", "256", "--samples", "4", "--val-samples", "1", "--lr", "5e-2",
+           "--keep", "1", "--grad-accum", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one, two = scales.load(tmp_path / "one.safetensors"), scales.load(tmp_path / "two.safetensors")
+    assert two.metadata["processes"] == "2" and "processes" not in one.metadata
+    assert not np.allclose(one.values, 1.0)
+    np.testing.assert_allclose(two.values, one.values, rtol=0, atol=2e-5)
+    assert json.loads(two.metadata["loss_first"]) == pytest.approx(info["loss_first"], rel=1e-4)

@@ -65,6 +65,22 @@ def pick_device(device: str) -> str:
     return device
 
 
+def join_processes(device: str) -> str:
+    """Under torchrun / accelerate launch (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo on CPU)
+    and return this process's device (cuda:LOCAL_RANK on CUDA). Otherwise `device` unchanged."""
+    import os
+
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return device
+
+
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -96,7 +112,7 @@ def run_tune(opt: TuneOptions) -> dict:
     from sealgguf.tune.data import anchor_windows, make_examples
     from sealgguf.tune.model import SealScales, enable_checkpointing, load
     from sealgguf.tune.plan import check as check_plan
-    from sealgguf.tune.trainer import TrainConfig, train
+    from sealgguf.tune.trainer import TrainConfig, train, world
 
     for name in ("length", "samples", "epochs", "grad_accum"):
         if getattr(opt, name) < 1:
@@ -113,7 +129,7 @@ def run_tune(opt: TuneOptions) -> dict:
     if opt.granularity not in DEFAULT_LR:
         raise SealError(f"--granularity must be 'head' or 'channel', got {opt.granularity!r}")
     parse_tasks(",".join(opt.tasks))
-    device = pick_device(opt.device)
+    device = join_processes(pick_device(opt.device))
     dtype = pick_dtype(opt.dtype, device)
     torch.manual_seed(opt.seed)
     path = resolve(opt.model)
@@ -176,9 +192,12 @@ def run_tune(opt: TuneOptions) -> dict:
         "kl_last10": sum(result.kls[-10:]) / len(result.kls[-10:]) if result.kls else None,
         "lr_sweep": sweep or None, "lr_sweep_seconds": sweep_seconds if sweep else None,
     }
-    scales_file.save(opt.out, values, {k: v for k, v in meta.items() if v is not None}, factors)
-    if cfg.checkpoint_path.exists():
-        cfg.checkpoint_path.unlink()
+    n_proc, rank = world()
+    meta["processes"] = n_proc if n_proc > 1 else None
+    if rank == 0:  # every process holds the same scales; one writes them
+        scales_file.save(opt.out, values, {k: v for k, v in meta.items() if v is not None}, factors)
+        if cfg.checkpoint_path.exists():
+            cfg.checkpoint_path.unlink()
     return {**meta, "self_extend": json.loads(meta["self_extend"]) if meta["self_extend"] else None,
             "rope_scaling": json.loads(meta["rope_scaling"]) if meta["rope_scaling"] else None,
             "granularity": opt.granularity, "exact_fold": opt.exact_fold, "losses": result.losses, "scale_min": float(values.min()), "scale_max": float(values.max())}

@@ -84,10 +84,22 @@ def sweep_score(model, seal: SealScales, val_set: list[Example], anchors: list[t
     return {"val_loss": round(val_loss, 5), "kl": round(kl, 5), "score": round(val_loss + keep * kl, 5)}
 
 
+def world() -> tuple[int, int]:
+    """(processes, this one's rank) of a torchrun / accelerate launch run; (1, 0) otherwise."""
+    import torch.distributed as dist
+
+    return (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+
+
 def train(model, seal: SealScales, train_set: list[Example], val_set: list[Example], cfg: TrainConfig,
           device: str, anchors: list[torch.Tensor] = ()) -> TrainResult:
+    """AdamW on the scales, one sample at a time, an optimizer step every cfg.grad_accum samples. Under torchrun
+    or accelerate launch, the grad_accum samples of each step are dealt round-robin to the processes and their
+    gradients summed (data parallel, as DDP does): the same scales as one process with the same grad_accum."""
+    import torch.distributed as dist
     from tqdm import tqdm
 
+    n_proc, rank = world()
     result = TrainResult()
     result.val_before, result.val_loss_before = validate(model, val_set, device)
     opt = torch.optim.AdamW(seal.parameters(), lr=cfg.lr, weight_decay=0.0)  # constant lr, as the paper
@@ -101,23 +113,38 @@ def train(model, seal: SealScales, train_set: list[Example], val_set: list[Examp
     rng = random.Random(cfg.seed)
     order = [i for _ in range(cfg.epochs) for i in rng.sample(range(len(train_set)), len(train_set))]
     model.train()  # turns activation checkpointing on (dropout is 0 in these models)
-    bar = tqdm(total=len(order), initial=start, desc="tuning", unit="sample", disable=not cfg.progress)
+    bar = tqdm(total=len(order), initial=start, desc="tuning", unit="sample", disable=not cfg.progress or rank > 0)
+    group = torch.zeros(2, cfg.grad_accum, dtype=torch.float64)  # this step's answer losses and KLs, by slot
     for step in range(start, len(order)):
-        loss, _ = answer_loss(model, train_set[order[step]], device)
-        total = loss
-        if cfg.keep and anchors:
-            kl = anchor_kl(model, seal, anchors[step % len(anchors)], device)
-            total = loss + cfg.keep * kl
-            result.kls.append(kl.item())
-        (total / cfg.grad_accum).backward()
-        if (step + 1) % cfg.grad_accum == 0 or step + 1 == len(order):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        result.losses.append(loss.item())
+        slot = step % cfg.grad_accum
+        if slot % n_proc == rank:  # this process's share of the step
+            loss, _ = answer_loss(model, train_set[order[step]], device)
+            total = loss
+            if cfg.keep and anchors:
+                kl = anchor_kl(model, seal, anchors[step % len(anchors)], device)
+                total = loss + cfg.keep * kl
+                group[1, slot] = kl.item()
+            (total / cfg.grad_accum).backward()
+            group[0, slot] = loss.item()
         bar.update(1)
+        if slot + 1 < cfg.grad_accum and step + 1 < len(order):
+            continue
+        if n_proc > 1:  # sum the processes' gradients and losses
+            for p in seal.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+            summed = group.to(p.grad.device)  # NCCL reduces GPU tensors only
+            dist.all_reduce(summed)
+            group = summed.cpu()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        result.losses += group[0, :slot + 1].tolist()
+        result.kls += group[1, :slot + 1].tolist() if cfg.keep and anchors else []
+        group.zero_()
         bar.set_postfix(loss=f"{sum(result.losses[-10:]) / len(result.losses[-10:]):.3f}")
         stepped = (step + 1) % cfg.grad_accum == 0  # no gradient half-accumulated: safe to save
-        if cfg.checkpoint_every and cfg.checkpoint_path and (step + 1) % cfg.checkpoint_every == 0 and stepped:
+        if rank == 0 and cfg.checkpoint_every and cfg.checkpoint_path and (step + 1) % cfg.checkpoint_every == 0 and stepped:
             with atomic_output(cfg.checkpoint_path) as tmp:
                 torch.save({"seal": seal.state_dict(), "opt": opt.state_dict(), "step": step + 1,
                             "losses": result.losses, "kls": result.kls}, tmp)
