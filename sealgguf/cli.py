@@ -117,11 +117,17 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
     _add_rope_args(p)
 
 
-def _add_imatrix_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--imatrix", metavar="FILE", help="llama.cpp importance matrix (llama-imatrix's GGUF or legacy "
-                   ".dat; `sealgguf imatrix` writes one): blocks the fold must requantize are also quantized with "
-                   "ggml's importance-weighted quantizer, as llama-quantize --imatrix does, and each keeps the "
-                   "candidate with the lower weighted error")
+def _add_imatrix_arg(p: argparse.ArgumentParser, auto: bool = False) -> None:
+    what = ("llama.cpp importance matrix (llama-imatrix's GGUF or legacy .dat; `sealgguf imatrix` writes one): "
+            "blocks the fold must requantize are also quantized with ggml's importance-weighted quantizer, as "
+            "llama-quantize --imatrix does, and each keeps the candidate with the lower weighted error")
+    if auto:
+        p.add_argument("--imatrix", metavar="FILE|auto|none", default="auto",
+                       help=what + ". Default auto: when the scales vary inside quant blocks, collect one from "
+                       "16 x 256 essay tokens (as `sealgguf imatrix`; written beside the output); none: plain "
+                       "requantization")
+    else:
+        p.add_argument("--imatrix", metavar="FILE", help=what)
 
 
 def _add_rope_args(p: argparse.ArgumentParser) -> None:
@@ -224,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-model", metavar="REPO", help="the model card's base_model, e.g. "
                    "HuggingFaceTB/SmolLM2-135M-Instruct (default: the GGUF's general.base_model.0.repo_url, else "
                    "its general.name)")
-    _add_imatrix_arg(p)
+    _add_imatrix_arg(p, auto=True)
 
     p = sub.add_parser("imatrix", help="an importance matrix for attn_output, from essay text, for fold --imatrix",
                        description="Measure the mean square of each attn_output input column over essay text in "
@@ -312,8 +318,6 @@ def cmd_fold(args) -> int:
     from sealgguf.fold import fold_file
     from sealgguf.models import resolve
     from sealgguf.pipeline import exact_kl
-    from sealgguf.scales import load as load_scales
-    from sealgguf.self_extend import SelfExtend
 
     model = resolve(args.model)
     kl = exact_kl(model, Path(args.scales), args.kl_windows, args.threads or None) if args.kl_windows else None
@@ -328,7 +332,7 @@ def cmd_fold(args) -> int:
           f"unchanged {res.blocks('blocks_unchanged')}"
           + (f" ({res.blocks('blocks_imatrix')} of the requantized from the imatrix-weighted quantizer)"
              if args.imatrix else "") + f"; relative RMSE {errs}")
-    se = SelfExtend.from_json(load_scales(args.scales).metadata.get("self_extend"), args.scales)
+    se = res.self_extend
     if se.active:
         print(f"tuned under Self-Extend: run llama.cpp with {se.llama_cpp_flags()}, sealgguf eval with "
               f"--self-extend {se.group},{se.window} (GGUF has no key for it; seal.tune.self_extend records it)")
@@ -397,14 +401,13 @@ def cmd_heads(args) -> int:
 
 
 def cmd_imatrix(args) -> int:
-    from sealgguf.imatrix import collect, write_imatrix
+    from sealgguf.imatrix import collect_to
     from sealgguf.models import resolve
 
     if args.windows < 1:
         raise SealError(f"--windows must be >= 1, got {args.windows}")
-    importance, tokens = collect(resolve(args.model), args.windows, args.progress)
-    write_imatrix(args.output, importance, {k: tokens for k in importance}, "sealgguf essay windows", 256)
-    print(f"wrote {args.output}: {len(importance)} attn_output entries over {tokens} tokens")
+    tokens = collect_to(args.output, resolve(args.model), args.windows, args.progress)
+    print(f"wrote {args.output}: attn_output importance over {tokens} tokens of essay text")
     return 0
 
 

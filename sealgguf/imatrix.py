@@ -107,9 +107,9 @@ def _read_legacy(p: Path) -> dict[str, np.ndarray]:
 
 
 def write_imatrix(path: str | Path, importance: dict[str, np.ndarray], counts: dict[str, int], dataset: str,
-                  chunk_size: int) -> None:
-    """Write a GGUF imatrix as llama-imatrix does: in_sum2 = importance x count, so llama-quantize and
-    read_imatrix recover `importance`."""
+                  chunk_size: int, chunk_count: int) -> None:
+    """Write a GGUF imatrix as llama-imatrix does: in_sum2 = importance x count (count: the tokens an entry saw),
+    so llama-quantize and read_imatrix recover `importance`; chunk_count chunks of chunk_size tokens."""
     import gguf
 
     from sealgguf.fsutil import atomic_output
@@ -118,7 +118,7 @@ def write_imatrix(path: str | Path, importance: dict[str, np.ndarray], counts: d
         w = gguf.GGUFWriter(str(tmp), arch="imatrix")
         w.add_type("imatrix")
         w.add_array(KEY_DATASETS, [dataset])
-        w.add_uint32(KEY_CHUNK_COUNT, max(counts.values(), default=0))
+        w.add_uint32(KEY_CHUNK_COUNT, chunk_count)
         w.add_uint32(KEY_CHUNK_SIZE, chunk_size)
         for name in sorted(importance):
             n = float(counts[name])
@@ -130,8 +130,18 @@ def write_imatrix(path: str | Path, importance: dict[str, np.ndarray], counts: d
         w.close()
 
 
+WINDOW = 256  # tokens per essay window collect() reads
+
+
+def collect_to(path: str | Path, model_path: str | Path, windows: int = 16, progress: bool = False) -> int:
+    """collect() and write the result as a GGUF imatrix at `path`; returns the token count."""
+    importance, tokens = collect(model_path, windows, progress)
+    write_imatrix(path, importance, {k: tokens for k in importance}, "sealgguf essay windows", WINDOW, windows)
+    return tokens
+
+
 def collect(model_path: str | Path, windows: int = 16, progress: bool = False) -> tuple[dict[str, np.ndarray], int]:
-    """attn_output's importance (mean square of each input column) over `windows` x 256 tokens of essay text, in
+    """attn_output's importance (mean square of each input column) over `windows` x WINDOW tokens of essay text, in
     transformers on the dequantized model: {"blk.N.attn_output.weight": [n_head * head_dim]}, and the token count.
     The text is the tuner's anchor windows (the start of the corpus); the knowledge check reads the end."""
     import torch
@@ -154,7 +164,7 @@ def collect(model_path: str | Path, windows: int = 16, progress: bool = False) -
     handles = [layer.self_attn.o_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         with torch.no_grad():
-            for ids in tqdm(anchor_windows(lm.encoder, windows), desc="imatrix", unit="window", disable=not progress):
+            for ids in tqdm(anchor_windows(lm.encoder, windows, WINDOW), desc="imatrix", unit="window", disable=not progress):
                 lm.model(input_ids=ids[None], use_cache=False)
                 tokens += ids.numel()
     finally:

@@ -21,12 +21,31 @@ class SealOptions:
     threads: int | None = None
     gpu_layers: int = 0                     # llama.cpp offload for the evaluation (-1 = all)
     base_model: str | None = None           # the model card's base_model (default: from the GGUF's metadata)
-    imatrix: Path | None = None             # llama.cpp importance matrix weighting the fold's requantization
+    imatrix: Path | str | None = "auto"     # llama.cpp importance matrix weighting the fold's requantization;
+                                            # "auto": collect one from essay text when the fold requantizes
 
 
 def report_paths(out: Path) -> dict[str, Path]:
     stem = out.name[:-5] if out.name.endswith(".gguf") else out.name
-    return {k: out.with_name(f"{stem}.{k}") for k in ("scales.safetensors", "report.json", "report.md", "report.png")}
+    return {k: out.with_name(f"{stem}.{k}")
+            for k in ("scales.safetensors", "imatrix.gguf", "report.json", "report.md", "report.png")}
+
+
+def pick_imatrix(opt: SealOptions, model: Path, scales: Path, path: Path, progress: bool) -> Path | None:
+    """The imatrix for the fold: the given file; with "auto", one collected from essay text (sealgguf.imatrix,
+    written to `path`) when the scales vary inside quant blocks, none when every block folds exactly."""
+    from sealgguf.fold import requantizes
+
+    if opt.imatrix in (None, "none"):
+        return None
+    if opt.imatrix != "auto":
+        return Path(opt.imatrix)
+    if not requantizes(model, scales):
+        return None
+    from sealgguf.imatrix import collect_to
+
+    collect_to(path, model, progress=progress)
+    return path
 
 
 def exact_kl(model: Path, scales: Path, windows: int, threads: int | None, gpu_layers: int = 0):
@@ -91,12 +110,15 @@ def seal(opt: SealOptions) -> dict:
     tune_info = run_tune(replace(t, model=str(model_path), out=paths["scales.safetensors"]))
     kl = exact_kl(model_path, paths["scales.safetensors"], opt.ppl_windows, opt.threads, opt.gpu_layers) \
         if opt.ppl_windows else None
+    imatrix = pick_imatrix(opt, model_path, paths["scales.safetensors"], paths["imatrix.gguf"], t.progress)
+    if imatrix is None:
+        paths.pop("imatrix.gguf")
     folded = fold_file(model_path, paths["scales.safetensors"], opt.out, threads=opt.threads or 0,
-                       progress=t.progress, measure_kl=kl, imatrix=opt.imatrix)
+                       progress=t.progress, measure_kl=kl, imatrix=imatrix)
     report = evaluate(EvalOptions(
         models=[model_path, opt.out], tasks=opt.eval_tasks or t.tasks,
-        lengths=opt.eval_lengths or [t.length], samples=opt.eval_samples, rope=t.rope, self_extend=t.self_extend, threads=opt.threads,
-        gpu_layers=opt.gpu_layers, ppl_windows=opt.ppl_windows, seed=t.seed, progress=t.progress))
+        lengths=opt.eval_lengths or [t.length], samples=opt.eval_samples, rope=t.rope, self_extend=t.self_extend,
+        threads=opt.threads, gpu_layers=opt.gpu_layers, ppl_windows=opt.ppl_windows, seed=t.seed, progress=t.progress))
     report["tune"] = {k: v for k, v in tune_info.items() if k != "losses"}
     report["tune"]["losses"] = [round(x, 4) for x in tune_info["losses"]]
     report["source"] = {"name": model_path.name, "sha256": tune_info["source_sha256"], **base_model(model_path)}
@@ -106,6 +128,8 @@ def seal(opt: SealOptions) -> dict:
     report["fold"] = {"rel_rmse_by_type": folded.rel_rmse_by_type(),
                       "blocks_rescaled": folded.blocks("blocks_rescaled"),
                       "blocks_requantized": folded.blocks("blocks_requantized"), "form": folded.form,
+                      "imatrix": imatrix.name if imatrix else None, "blocks_imatrix": folded.blocks("blocks_imatrix"),
+                      "imatrix_option": Path(opt.imatrix).name if opt.imatrix else "none",
                       **(folded.kl or {})}
     header = (f"# sealgguf report: {model_path.name} -> {opt.out.name}\n\n"
               f"SEAL-{'H' if t.granularity == 'head' else 'C'} tuned on {','.join(t.tasks)} at {t.length} "

@@ -77,9 +77,12 @@ class RopeScaling:
         return int((self.original_context_length or native) * (self.factor if self.active else 1))
 
     # -- the scales file's record ------------------------------------------------------------
+    def to_dict(self) -> dict | None:
+        """The scales file's `rope_scaling` record (None when off); to_json is its text."""
+        return {"type": self.kind, **{k: v for k, v in asdict(self).items() if k != "kind"}} if self.active else None
+
     def to_json(self) -> str:
-        return json.dumps({"type": self.kind, **{k: v for k, v in asdict(self).items() if k != "kind"}}) \
-            if self.active else ""
+        return json.dumps(self.to_dict()) if self.active else ""
 
     @classmethod
     def from_json(cls, text: str | None, where: str) -> "RopeScaling":

@@ -59,9 +59,12 @@ class SelfExtend:
     def llama_cpp_flags(self) -> str:
         return f"--grp-attn-n {self.group} --grp-attn-w {self.window}" if self.active else ""
 
+    def to_dict(self) -> dict | None:
+        """The scales file's `self_extend` record, which fold copies to seal.tune.self_extend (None when off)."""
+        return {"group": self.group, "window": self.window} if self.active else None
+
     def to_json(self) -> str:
-        """The scales file's `self_extend` record, which fold copies to seal.tune.self_extend ("" when off)."""
-        return json.dumps({"group": self.group, "window": self.window}) if self.active else ""
+        return json.dumps(self.to_dict()) if self.active else ""
 
     @classmethod
     def from_json(cls, data: str | dict | None, where: str = "self_extend") -> "SelfExtend":

@@ -34,7 +34,8 @@ def check_card(card: str, report: dict) -> None:
     assert meta["base_model"] == report["source"]["base_model"] and meta["tags"] == TAGS
     assert meta["library_name"] == "gguf"
     for s in (report["source"]["name"], report["sealed"]["name"], report["source"]["sha256"],
-              report["sealed"]["sha256"], report["sealgguf_version"], report["source"]["base_model"]):
+              report["sealed"]["sha256"], report["sealgguf_version"], report["source"]["base_model"],
+              (report.get("fold") or {}).get("imatrix") or "", (report.get("fold") or {}).get("imatrix_option") or ""):
         body = body.replace(s, "")
     known = _report_numbers(report)
     for token in NUMBER.findall(body):
@@ -73,6 +74,19 @@ def test_card_numbers_come_from_the_report():
     changed = copy.deepcopy(doc)
     changed["knowledge"]["perplexity"]["sealed.gguf"] = 31.5
     assert "31.500" in model_card(changed) and "30.962" not in model_card(changed)
+    assert "--imatrix" not in card and "importance matrix" not in card  # no imatrix, the default option
+
+
+def test_card_names_the_imatrix_and_the_option_that_picked_it():
+    doc = json_document(_report())
+    doc["fold"].update(imatrix="sealed.imatrix.gguf", blocks_imatrix=3001, imatrix_option="auto")
+    card = model_card(doc)
+    check_card(card, doc)
+    assert "importance matrix sealed.imatrix.gguf: 3001 of them" in card and "--imatrix" not in card
+    doc["fold"].update(imatrix="smol8.imatrix.gguf", imatrix_option="smol8.imatrix.gguf")
+    card = model_card(doc)
+    check_card(card, doc)
+    assert "--imatrix smol8.imatrix.gguf" in card
 
 
 def test_card_of_a_model_tuned_with_context_extension():

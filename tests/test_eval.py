@@ -137,6 +137,9 @@ def test_seal_end_to_end_tiny(tmp_path):
     labels = report["models"]
     assert k["perplexity"][labels[0]] != k["perplexity"][labels[1]]
     assert report["tune"]["samples"] == 3 and len(report["records"]) == 2
+    # SEAL-C varies inside blocks, so --imatrix auto collected one and the weighted quantizer won some blocks
+    assert report["fold"]["imatrix"] == "tiny.imatrix.gguf" and (tmp_path / "tiny.imatrix.gguf").exists()
+    assert 0 < report["fold"]["blocks_imatrix"] <= report["fold"]["blocks_requantized"]
     from test_card import check_card  # tests/ is on sys.path (conftest)
 
     card = (tmp_path / "README.md").read_text()

@@ -25,7 +25,7 @@ def test_gguf_and_legacy_forms_read_back(tmp_path):
     rng = np.random.default_rng(0)
     values = {"blk.0.attn_output.weight": rng.uniform(0, 2, 64).astype(np.float32),
               "blk.1.attn_output.weight": rng.uniform(0, 2, 64).astype(np.float32)}
-    write_imatrix(tmp_path / "m.gguf", values, {k: 40 for k in values}, "essays", 256)
+    write_imatrix(tmp_path / "m.gguf", values, {k: 40 for k in values}, "essays", 256, 1)
     got = read_imatrix(tmp_path / "m.gguf")
     assert got.keys() == values.keys()
     for k in values:
@@ -74,7 +74,7 @@ def test_weighted_fold_is_never_worse_and_better_where_it_counts(smollm2, tmp_pa
     n = layout.n_head * layout.head_dim
     importance = {f"blk.{i}.attn_output.weight": np.where(rng.random(n) < 0.1, 50.0, 0.1).astype(np.float32)
                   for i in range(layout.n_layer)}
-    write_imatrix(tmp_path / "i.gguf", importance, {k: 10 for k in importance}, "test", 256)
+    write_imatrix(tmp_path / "i.gguf", importance, {k: 10 for k in importance}, "test", 256, 1)
     plain = fold_file(smollm2, tmp_path / "s.safetensors", tmp_path / "plain.gguf")
     weighted = fold_file(smollm2, tmp_path / "s.safetensors", tmp_path / "w.gguf", imatrix=tmp_path / "i.gguf")
     assert weighted.blocks("blocks_imatrix") > 0 and plain.blocks("blocks_imatrix") == 0
@@ -101,7 +101,7 @@ def test_an_imatrix_of_another_shape_is_refused(smollm2, tmp_path):
     values = np.random.default_rng(2).uniform(0.6, 1.4, (layout.n_layer, layout.n_head, layout.head_dim))
     scales.save(tmp_path / "s.safetensors", values.astype(np.float32), {"task": "test"})
     write_imatrix(tmp_path / "i.gguf", {"blk.0.attn_output.weight": np.ones(100, np.float32)}, {"blk.0.attn_output.weight": 1},
-                  "test", 256)
+                  "test", 256, 1)
     with pytest.raises(SealError, match="imatrix entry blk.0.attn_output.weight has 100 values, but the tensor has 576"):
         fold_file(smollm2, tmp_path / "s.safetensors", tmp_path / "o.gguf", imatrix=tmp_path / "i.gguf")
     assert not (tmp_path / "o.gguf").exists()
@@ -114,3 +114,22 @@ def test_collect_measures_every_attn_output(smollm2, tmp_path):
     assert tokens == 256 and len(importance) == 30
     for v in importance.values():
         assert v.shape == (576,) and np.isfinite(v).all() and (v >= 0).all() and v.max() > 0
+
+
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_requantizes_predicts_the_engine(model, request, tmp_path):
+    """seal collects an imatrix only when requantizes() says the fold will requantize: it must agree with the
+    engine's own block count for per-channel scales, per-head scales, and per-head scales tied over 256 values."""
+    from sealgguf.fold import requantizes
+
+    path = request.getfixturevalue(model)
+    layout = read_layout(open_gguf(path), path)
+    rng = np.random.default_rng(3)
+    L, H, D = layout.n_layer, layout.n_head, layout.head_dim
+    per_head = rng.uniform(0.6, 1.4, (L, H))
+    tied = np.repeat(per_head[:, :: max(1, 256 // D)], max(1, 256 // D), axis=1)[:, :H]  # one scale per 256 columns
+    for name, values in (("channel", rng.uniform(0.6, 1.4, (L, H, D))), ("head", per_head), ("tied", tied)):
+        s = tmp_path / f"{name}.safetensors"
+        scales.save(s, values.astype(np.float32), {"task": "test"})
+        folded = fold_file(path, s, tmp_path / f"{name}.gguf")
+        assert requantizes(path, s) == (folded.blocks("blocks_requantized") > 0), (model, name)

@@ -31,6 +31,7 @@ from sealgguf.fsutil import atomic_output, sha256_file
 from sealgguf.layout import AttentionLayout
 from sealgguf.rope import RopeScaling
 from sealgguf.scales import Scales, load as load_scales
+from sealgguf.self_extend import SelfExtend
 
 # A folded head may differ from the exactly scaled weights by requantization (~0.09 relative RMSE for
 # Q4_1); a head zeroed by fp16 underflow differs by 1.0. Anything past this is refused.
@@ -57,6 +58,7 @@ class FoldResult:
     layout: AttentionLayout
     form: str = "columns"
     kl: dict[str, float] | None = None  # MEASURED_KL -> nats/token, when measured
+    self_extend: SelfExtend = field(default_factory=SelfExtend)  # the grouping the scales were tuned under (llama.cpp needs the flags)
     tensors: dict[str, dict] = field(default_factory=dict)  # name -> fold statistics
 
     def rel_rmse_by_type(self) -> dict[str, float]:
@@ -75,6 +77,26 @@ def exact_per_head(layout: AttentionLayout) -> dict[str, bool]:
 
     return {name: layout.head_dim % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]][0] == 0
             for name in layout.attn_output_types}
+
+
+def requantizes(model: str | os.PathLike, scales_path: str | os.PathLike) -> bool:
+    """Would folding these scales into this model requantize any block (a block whose values get different
+    scales)? Decided from the plans and the block sizes, without folding: seal collects an imatrix only then."""
+    import gguf
+
+    src = GGUFFile(Path(model))
+    layout = read_layout(src, Path(model))
+    scales = load_scales(scales_path)
+    scales.check_layout(layout, str(scales_path))
+    for t in src.tensors:
+        plan = plan_tensor(t, scales, layout)
+        if plan is None or plan.cols is None or len(t.shape) < 2:
+            continue  # row scales cover whole blocks; a bias is F32
+        block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.type_id)][0]
+        per_block = plan.cols.reshape(-1, block)
+        if (per_block != per_block[:, :1]).any():
+            return True
+    return False
 
 
 def pack_kv(key: str, value, vtype: int) -> bytes:
@@ -147,45 +169,67 @@ def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int,
     new, stats = _core.fold(src.tensor_data(t), t.type_id, n_per_row, plan.cols, threads, plan.rows)
     stats["type"] = src.type_name(t)
     stats["blocks_imatrix"] = 0
+    want = None  # the exactly scaled weights, computed once for the weighted quantizer and the checks
     if importance is not None and stats["blocks_requantized"]:
         from sealgguf.fold.weighted import weighted_candidate
 
         if importance.shape != (n_per_row,):
             raise SealError(f"imatrix entry {t.name} has {importance.size} values, but the tensor has {n_per_row} "
                             "columns (an imatrix of another model?)")
-        target = scaled_weights(_core.dequantize(src.tensor_data(t), t.type_id, n_per_row), plan)
-        new, stats["blocks_imatrix"] = weighted_candidate(new, target, t.type_id, importance)
-        got = _core.dequantize(new.reshape(-1), t.type_id, n_per_row)
-        ref = float(np.square(target, dtype=np.float64).sum())
-        stats["rel_rmse"] = float(np.sqrt(np.square(got - target, dtype=np.float64).sum() / ref)) if ref else 0.0
-    check_folded(src, t, new, plan, n_per_row)
+        want = scaled_target(src, t, plan, n_per_row)
+        new, stats["blocks_imatrix"] = weighted_candidate(new, want, t.type_id, importance)
+    got, want = check_folded(src, t, new, plan, n_per_row, want)
+    if stats["blocks_imatrix"]:  # the engine's figure describes its own candidate: measure the mix
+        ref = float(np.square(want, dtype=np.float64).sum())
+        stats["rel_rmse"] = float(np.sqrt(np.square(got - want, dtype=np.float64).sum() / ref)) if ref else 0.0
     return new.reshape(-1), stats
 
 
-def check_folded(src: GGUFFile, t: TensorInfo, new: np.ndarray, plan: FoldPlan, n_per_row: int) -> None:
-    """Refuse a fold whose result is not the scaled weights: values that are not finite (a scale times
-    a block scale overflowed fp16) or heads lost to fp16 underflow. Names the layer and head."""
+def scaled_target(src: GGUFFile, t: TensorInfo, plan: FoldPlan, n_per_row: int) -> np.ndarray:
+    """The source tensor dequantized and scaled exactly: what the fold should reproduce."""
     from sealgguf import _core
 
-    got = _core.dequantize(new.reshape(-1), t.type_id, n_per_row)
     original = _core.dequantize(src.tensor_data(t), t.type_id, n_per_row)
     if not np.isfinite(original).all():
         raise SealError(f"{src.path}: tensor {t.name} already holds values that are not finite; the input model "
                         "is broken")
-    want = scaled_weights(original, plan)
+    return scaled_weights(original, plan)
+
+
+def check_folded(src: GGUFFile, t: TensorInfo, new: np.ndarray, plan: FoldPlan, n_per_row: int,
+                 want: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Refuse a fold whose result is not the scaled weights `want` (computed when not given): values that are not
+    finite (a scale times a block scale overflowed fp16) or heads lost to fp16 underflow. Names the layer and
+    head. Returns the result dequantized, and `want`."""
+    from sealgguf import _core
+
+    got = _core.dequantize(new.reshape(-1), t.type_id, n_per_row)
+    if want is None:
+        want = scaled_target(src, t, plan, n_per_row)
     layer = LAYER_OF.match(t.name).group(1)
-    for unit, rows, cols in plan.units:
+
+    def what(unit, rows, cols) -> str:
         scale = np.abs((plan.rows[rows] if plan.rows is not None else plan.cols[cols]))
-        g, w = got[rows, cols], want[rows, cols]
-        what = f"scale {float(scale.max()):.3g} on layer {layer} {unit} ({src.type_name(t)} {t.name})"
-        if not np.isfinite(g).all() or not np.isfinite(w).all():
-            raise SealError(f"{what} overflows: the folded weights are not finite (fp16 block scales top out at 65504)")
-        norm = float(np.sqrt(np.square(w, dtype=np.float64).sum()))
-        if norm > 0:
-            err = float(np.sqrt(np.square(g - w, dtype=np.float64).sum())) / norm
-            if err > MAX_HEAD_REL_ERROR:
-                raise SealError(f"{what} underflows: the folded head differs from the scaled weights by "
-                                f"{err:.0%} (fp16 block scales cannot hold values that small)")
+        return f"scale {float(scale.max()):.3g} on layer {layer} {unit} ({src.type_name(t)} {t.name})"
+
+    if not (np.isfinite(got).all() and np.isfinite(want).all()):
+        for unit, rows, cols in plan.units:
+            if not (np.isfinite(got[rows, cols]).all() and np.isfinite(want[rows, cols]).all()):
+                raise SealError(f"{what(unit, rows, cols)} overflows: the folded weights are not finite (fp16 block "
+                                "scales top out at 65504)")
+        raise SealError(f"{src.path}: tensor {t.name}: the folded weights are not finite")
+    # Per-unit relative error from per-column (or per-row) sums: three passes over the tensor, not one per unit.
+    sums = {}
+    for axis in {0 if rows == slice(None) else 1 for _, rows, _ in plan.units}:
+        sums[axis] = (np.square(got - want, dtype=np.float64).sum(axis=axis),  # fp64: tiny scales' squares
+                      np.square(want, dtype=np.float64).sum(axis=axis))             # must not underflow
+    for unit, rows, cols in plan.units:
+        axis, part = (0, cols) if rows == slice(None) else (1, rows)
+        err2, norm2 = sums[axis][0][part].sum(), sums[axis][1][part].sum()
+        if norm2 > 0 and np.sqrt(err2 / norm2) > MAX_HEAD_REL_ERROR:
+            raise SealError(f"{what(unit, rows, cols)} underflows: the folded head differs from the scaled weights "
+                            f"by {np.sqrt(err2 / norm2):.0%} (fp16 block scales cannot hold values that small)")
+    return got, want
 
 
 def _copy_range(fin: int, fout: int, start: int, end: int) -> None:
@@ -243,7 +287,8 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
         importance = read_imatrix(imatrix)
 
     # Fold first: errors surface before anything is written.
-    result = FoldResult(out, scales.granularity, layout, scales.form)
+    result = FoldResult(out, scales.granularity, layout, scales.form,
+                        self_extend=SelfExtend.from_json(scales.metadata.get("self_extend"), str(scales_path)))
     folded: dict[str, np.ndarray] = {}
     plans = {t.name: plan_tensor(t, scales, layout) for t in src.tensors}
     targets = [t for t in src.tensors if plans[t.name] is not None]

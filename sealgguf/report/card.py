@@ -43,6 +43,9 @@ def _seal_command(report: dict) -> str:
         args.append(f"--epochs {t['epochs']}")
     if t.get("exact_fold"):
         args.append("--exact-fold")
+    imatrix = (report.get("fold") or {}).get("imatrix_option", "auto")
+    if imatrix != "auto":
+        args.append(f"--imatrix {imatrix}")
     rope = t.get("rope_scaling") or {}  # the scales file's record, {"type": KIND, "factor": F, ...}
     if rope.get("type", "none") != "none":
         args.append(f"--rope-scaling {rope['type']} --rope-factor {rope['factor']:g}")
@@ -109,7 +112,10 @@ def model_card(report: dict) -> str:
                   f"{fold['blocks_requantized']} requantized; relative RMSE against the exactly scaled weights: "
                   f"{rmse}." + (f" KL(scales applied exactly ‖ sealed) {fold['kl_exact']:.5f} nats/token "
                                 f"(llama.cpp's floor for any change: {fold['kl_floor']:.5f})."
-                                if "kl_exact" in fold else ""), ""]
+                                if "kl_exact" in fold else "")
+                  + (f" Requantized blocks were weighted by the importance matrix {fold['imatrix']}: "
+                     f"{fold['blocks_imatrix']} of them came from ggml's weighted quantizer." if fold.get("imatrix")
+                     else ""), ""]
     se = SelfExtend.from_json(t.get("self_extend"))
     grouped = f" {se.llama_cpp_flags()}" if se.active else ""
     lines += ["## Files", "", "| file | SHA-256 |", "|---|---|",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -179,8 +178,7 @@ def run_tune(opt: TuneOptions) -> dict:
         "task": ",".join(opt.tasks), "length": opt.length, "mean_tokens": round(sum(lengths) / len(lengths), 1),
         "samples": opt.samples, "lr": lr, "epochs": opt.epochs, "grad_accum": opt.grad_accum, "keep": opt.keep,
         "seed": opt.seed, "attn_output_tie": tie if opt.exact_fold else None,
-        "rope_scaling": lm.rope.to_json(),
-        "self_extend": opt.self_extend.to_json() or None,
+        "rope_scaling": lm.rope.to_dict(), "self_extend": opt.self_extend.to_dict(),  # save writes them as JSON
         "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
@@ -198,9 +196,8 @@ def run_tune(opt: TuneOptions) -> dict:
         scales_file.save(opt.out, values, {k: v for k, v in meta.items() if v is not None}, factors)
         if cfg.checkpoint_path.exists():
             cfg.checkpoint_path.unlink()
-    return {**meta, "self_extend": json.loads(meta["self_extend"]) if meta["self_extend"] else None,
-            "rope_scaling": json.loads(meta["rope_scaling"]) if meta["rope_scaling"] else None,
-            "granularity": opt.granularity, "exact_fold": opt.exact_fold, "losses": result.losses, "scale_min": float(values.min()), "scale_max": float(values.max())}
+    return {**meta, "granularity": opt.granularity, "exact_fold": opt.exact_fold, "losses": result.losses,
+            "scale_min": float(values.min()), "scale_max": float(values.max())}
 
 
 def tuning_plan(path: Path, opt: TuneOptions, device: str, dtype: str):
