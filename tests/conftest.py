@@ -1,7 +1,5 @@
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,16 +7,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-# Converted tokenizers are cached (sealgguf.tune.gguf_loader): one fresh cache per session, shared with the
-# subprocesses tests start, so no test reads a cache an earlier run left and nothing is written to ~/.cache.
-_CACHE = None if "SEALGGUF_CACHE" in os.environ else tempfile.mkdtemp(prefix="sealgguf-test-cache-")
-if _CACHE:
-    os.environ["SEALGGUF_CACHE"] = _CACHE
-
-
-def pytest_sessionfinish(session, exitstatus):
-    if _CACHE:
-        shutil.rmtree(_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

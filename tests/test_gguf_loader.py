@@ -40,34 +40,3 @@ def test_engine_dequantize_matches_gguf_py(model, request):
             np.testing.assert_array_equal(gguf.dequantize(data, t.tensor_type), original(data, t.tensor_type))
     assert gguf.dequantize is original  # the patch is undone on exit
     assert seen, "no quantized tensor"
-
-
-@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
-def test_cached_tokenizer_is_the_converted_one(model, request, tmp_path, monkeypatch):
-    """The first load converts the GGUF vocabulary and caches it; the second reads the cache and tokenizes the
-    same (special tokens, non-Latin text and the chat template included); a damaged entry is converted again."""
-    from transformers import AutoTokenizer
-
-    from sealgguf.tune import gguf_loader
-
-    path = request.getfixturevalue(model)
-    monkeypatch.setenv("SEALGGUF_CACHE", str(tmp_path))
-    converted = gguf_loader.load_tokenizer(path)
-    entry = tmp_path / "tokenizers" / gguf_loader.tokenizer_key(path)
-    assert entry.is_dir() and list(tmp_path.glob("tokenizers/.*")) == []  # no temporary folder left behind
-    conversions = []
-    real = AutoTokenizer.from_pretrained
-    monkeypatch.setattr(AutoTokenizer, "from_pretrained", lambda *a, **k: conversions.append(k) or real(*a, **k))
-    cached = gguf_loader.load_tokenizer(path)
-    assert [k for k in conversions if "gguf_file" in k] == []  # read from the cache, not converted
-    text = ("The pass key is 71432. Remember it. héllo wörld 日本語 🙂\n\n" + converted.bos_token
-            + " <|im_start|> <start_of_turn>user\n")
-    assert cached(text, add_special_tokens=False)["input_ids"] == converted(text, add_special_tokens=False)["input_ids"]
-    assert (cached.bos_token_id, cached.eos_token_id, cached.chat_template) == \
-        (converted.bos_token_id, converted.eos_token_id, converted.chat_template)
-
-    (entry / "tokenizer.json").write_text("{ damaged")
-    again = gguf_loader.load_tokenizer(path)
-    assert again(text, add_special_tokens=False)["input_ids"] == converted(text, add_special_tokens=False)["input_ids"]
-    assert [k for k in conversions if "gguf_file" in k]  # converted again and the entry replaced
-    assert AutoTokenizer.from_pretrained(entry)(text)["input_ids"]

@@ -1,8 +1,6 @@
 """Benchmark loading a GGUF into the tuner: transformers alone against sealgguf's fast path (one parse per
-file, the C++ dequantizer), with an empty tokenizer cache ("cold": the GGUF vocabulary is converted, as on a
-first load) and with the cache filled ("warm": every later load of the same file), side by side,
-interleaved, each load in a fresh process so its peak RSS is its own. Also checks that the paths give the same
-weights (max abs difference over every parameter).
+file, the C++ dequantizer), side by side, interleaved, each load in a fresh process so its peak RSS is
+its own. Also checks that both give the same weights (max abs difference over every parameter).
 
     .venv/bin/python tools/bench_load.py [--models smollm2,gemma3] [--dtypes fp32,bf16] [--repeat 2]
 """
@@ -11,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import subprocess
 import sys
 import time
@@ -53,33 +49,26 @@ def main() -> None:
     import torch
 
     tmp = tempfile.mkdtemp()
-    warm_cache = f"{tmp}/warm-cache"
-    modes = {"transformers": ("0", None), "cold": ("1", None), "warm": ("1", warm_cache)}
-    print("| model | dtype | transformers s | fast, cold s | fast, warm s | speed-up cold / warm | peak RSS MiB: "
-          "transformers | fast (warm) | model in dtype | fast peak / model | same weights |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | dtype | transformers s | fast s | speed-up | peak RSS MiB: transformers | fast | model in dtype "
+          "| fast peak / model | same weights |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for model in args.models.split(","):
-        subprocess.run([sys.executable, "-c", "from sealgguf.models import resolve; from sealgguf.tune.gguf_loader "
-                        f"import load_tokenizer; load_tokenizer(resolve({model!r}))"],  # fills the warm cache
-                       check=True, capture_output=True, env={**os.environ, "SEALGGUF_CACHE": warm_cache})
         for dtype in args.dtypes.split(","):
-            runs: dict[str, list[dict]] = {m: [] for m in modes}
+            runs = {"0": [], "1": []}
             for i in range(args.repeat):
-                for mode, (fast, cache) in modes.items():
-                    dump = f"{tmp}/{mode}.pt" if i == 0 and mode != "cold" else ""
-                    env = {**os.environ, "SEALGGUF_CACHE": cache or tempfile.mkdtemp(dir=tmp)}
+                for fast in ("0", "1"):
+                    dump = f"{tmp}/{fast}.pt" if i == 0 else ""
                     r = subprocess.run([sys.executable, __file__, "--child", model, dtype, fast, "--dump", dump],
-                                       capture_output=True, text=True, check=True, env=env)
-                    runs[mode].append(json.loads(r.stdout.strip().splitlines()[-1]))
-            a, b = torch.load(f"{tmp}/transformers.pt"), torch.load(f"{tmp}/warm.pt")
+                                       capture_output=True, text=True, check=True)
+                    runs[fast].append(json.loads(r.stdout.strip().splitlines()[-1]))
+            a, b = torch.load(f"{tmp}/0.pt"), torch.load(f"{tmp}/1.pt")
             diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
-            slow, cold, warm = (min(r["seconds"] for r in runs[m]) for m in modes)
-            peak0, peak1 = (min(r["peak_mib"] for r in runs[m]) for m in ("transformers", "warm"))
-            size = runs["warm"][0]["model_mib"]
-            print(f"| {model} | {dtype} | {slow:.1f} | {cold:.1f} | {warm:.1f} | {slow / cold:.1f}x / "
-                  f"{slow / warm:.1f}x | {peak0:.0f} | {peak1:.0f} | {size:.0f} | {peak1 / size:.2f} | "
-                  f"{'yes' if diff == 0 else f'max diff {diff:.2e}'} |", flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+            slow, fast = (min(r["seconds"] for r in runs[k]) for k in "01")
+            peak0, peak1 = (min(r["peak_mib"] for r in runs[k]) for k in "01")
+            size = runs["1"][0]["model_mib"]
+            print(f"| {model} | {dtype} | {slow:.1f} | {fast:.1f} | {slow / fast:.1f}x | {peak0:.0f} | {peak1:.0f} | "
+                  f"{size:.0f} | {peak1 / size:.2f} | {'yes' if diff == 0 else f'max diff {diff:.2e}'} |", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,6 @@ import contextlib
 import copy
 import functools
 import os
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -72,54 +71,3 @@ def fast_gguf() -> Iterator[None]:
     finally:
         gguf.GGUFReader, gguf.dequantize = original_reader, original_dequantize
         gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint = original_name_map, original_checkpoint
-
-
-def cache_root() -> Path:
-    """Where sealgguf caches derived files: $SEALGGUF_CACHE, else $XDG_CACHE_HOME/sealgguf, else ~/.cache/sealgguf."""
-    if os.environ.get("SEALGGUF_CACHE"):
-        return Path(os.environ["SEALGGUF_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sealgguf"
-
-
-def tokenizer_key(path: Path) -> str:
-    """What a converted tokenizer depends on: the GGUF's metadata section (the conversion reads nothing else; unlike
-    a hash of the whole file it costs milliseconds on a 70B model) and the converting libraries' versions."""
-    import hashlib
-
-    import tokenizers
-    import transformers
-
-    from sealgguf.gguf_file import GGUFFile
-
-    header = GGUFFile(path)
-    h = hashlib.sha256(bytes(header.raw(0, header.kv_end)))
-    h.update(f"transformers {transformers.__version__} tokenizers {tokenizers.__version__}".encode())
-    return h.hexdigest()
-
-
-def load_tokenizer(path: Path):
-    """transformers' tokenizer for a GGUF file. Converting the GGUF vocabulary is the slow part of loading (Gemma 3's
-    262k entries), so the result is saved under cache_root()/tokenizers/KEY (tokenizer_key) and later loads read
-    it back. A cache that cannot be written or read is skipped; the conversion is then done as usual."""
-    import shutil
-    import tempfile
-
-    from transformers import AutoTokenizer
-
-    entry = cache_root() / "tokenizers" / tokenizer_key(path)
-    if entry.is_dir():
-        try:
-            return AutoTokenizer.from_pretrained(entry)
-        except Exception:  # a damaged entry: convert again and replace it
-            shutil.rmtree(entry, ignore_errors=True)
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    tmp = None
-    try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name[:16]}.", dir=entry.parent))
-        tok.save_pretrained(tmp)
-        os.replace(tmp, entry)  # atomic; fails if a concurrent writer's identical entry got there first
-    except OSError:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return tok

@@ -178,7 +178,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         gguf_layout = read_layout(open_gguf(model_path), model_path)  # one-line errors before transformers
         block_sizes = [gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]][0]
                        for name in gguf_layout.attn_output_types]
-    from sealgguf.tune.gguf_loader import fast_gguf, load_tokenizer
+    from sealgguf.tune.gguf_loader import fast_gguf
 
     with fast_gguf() if is_gguf and fast else contextlib.nullcontext():
         try:
@@ -189,7 +189,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         rope = rope.bind(layout.context_length, layout.head_dim)
         _apply_rope(config, rope)
         model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **kw)
-        tok = load_tokenizer(model_path) if is_gguf and fast else AutoTokenizer.from_pretrained(folder, **kw)
+        tok = AutoTokenizer.from_pretrained(folder, **kw)
     model.requires_grad_(False)
     if device_map is None:
         model.to(device)
