@@ -164,7 +164,8 @@ def collect(model_path: str | Path, windows: int = 16, progress: bool = False) -
     handles = [layer.self_attn.o_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         with torch.no_grad():
-            for ids in tqdm(anchor_windows(lm.encoder, windows, WINDOW), desc="imatrix", unit="window", disable=not progress):
+            windows_ids = anchor_windows(lm.encoder, windows, WINDOW)
+            for ids in tqdm(windows_ids, desc="imatrix", unit="window", disable=not progress):
                 lm.model(input_ids=ids[None], use_cache=False)
                 tokens += ids.numel()
     finally:

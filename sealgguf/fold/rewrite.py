@@ -58,7 +58,7 @@ class FoldResult:
     layout: AttentionLayout
     form: str = "columns"
     kl: dict[str, float] | None = None  # MEASURED_KL -> nats/token, when measured
-    self_extend: SelfExtend = field(default_factory=SelfExtend)  # the grouping the scales were tuned under (llama.cpp needs the flags)
+    self_extend: SelfExtend = field(default_factory=SelfExtend)  # the grouping the scales were tuned under
     tensors: dict[str, dict] = field(default_factory=dict)  # name -> fold statistics
 
     def rel_rmse_by_type(self) -> dict[str, float]:
