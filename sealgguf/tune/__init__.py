@@ -193,7 +193,9 @@ def run_tune(opt: TuneOptions) -> dict:
     n_proc, rank = world()
     meta["processes"] = n_proc if n_proc > 1 else None
     if rank == 0:  # every process holds the same scales; one writes them
-        scales_file.save(opt.out, values, {k: v for k, v in meta.items() if v is not None}, factors)
+        recorded = {k: v for k, v in meta.items() if v is not None}
+        recorded["rope_scaling"] = meta["rope_scaling"] or ""  # always recorded; "" = the model's own rope
+        scales_file.save(opt.out, values, recorded, factors)
         if cfg.checkpoint_path.exists():
             cfg.checkpoint_path.unlink()
     return {**meta, "granularity": opt.granularity, "exact_fold": opt.exact_fold, "losses": result.losses,
