@@ -60,13 +60,13 @@ def main() -> None:
     print("| checkpointing | graphs | graph breaks | compile s | eager s/step | compiled s/step | speed-up | "
           "grad cosine |")
     print("|---|---|---|---|---|---|---|---|")
-    reasons: dict[str, Counter] = {}
+    reasons: dict[bool, Counter] = {}
     for ckpt in (False, True):
         (enable_checkpointing if ckpt else disable_checkpointing)(lm.model)
         lm.model.train()
         torch._dynamo.reset()
         ex_info = torch._dynamo.explain(lambda i: answer_losses(lm.model, i, ex.n_answer))(ids)
-        reasons[str(ckpt)] = Counter(str(b.reason).splitlines()[0][:140] for b in ex_info.break_reasons)
+        reasons[ckpt] = Counter(str(b.reason).splitlines()[0][:140] for b in ex_info.break_reasons)
         step(lm.model)  # warm-up
         eager = best(lm.model)
         torch._dynamo.reset()
@@ -81,7 +81,7 @@ def main() -> None:
               f"{eager:.2f} | {fast:.2f} | {eager / fast:.2f}x | {cos:.5f} |", flush=True)
     for ckpt, c in reasons.items():
         for r, n in c.most_common(5):
-            print(f"graph break (checkpointing {'on' if ckpt == 'True' else 'off'}), {n}x: {r}")
+            print(f"graph break (checkpointing {'on' if ckpt else 'off'}), {n}x: {r}")
 
     disable_checkpointing(lm.model)
     lm.model.train()
