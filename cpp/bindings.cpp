@@ -64,7 +64,7 @@ py::array_t<uint8_t> quantize(Floats values, int32_t type) {
 }
 
 py::tuple fold(Bytes raw, int32_t type, int64_t n_per_row, std::optional<Floats> column_scales, int n_threads,
-               std::optional<Floats> row_scales) {
+               std::optional<Floats> row_scales, bool refit) {
     const TypeTraits& t = require_type(type);
     const size_t rb = row_bytes(t, n_per_row);
     if ((size_t)raw.size() % rb != 0)
@@ -78,18 +78,22 @@ py::tuple fold(Bytes raw, int32_t type, int64_t n_per_row, std::optional<Floats>
                                     std::to_string(row_scales->size()));
     if (n_threads <= 0) n_threads = (int)std::max(1u, std::thread::hardware_concurrency());
     py::array_t<uint8_t> out({n_rows, (int64_t)rb});
+    py::array_t<uint8_t> kinds({n_rows, n_per_row / t.block_size});
     const float* cols = column_scales ? column_scales->data() : nullptr;
     const float* rows = row_scales ? row_scales->data() : nullptr;
     FoldStats st;
     {
         py::gil_scoped_release release;
-        st = fold_tensor(raw.data(), out.mutable_data(), type, n_rows, n_per_row, cols, rows, n_threads);
+        st = fold_tensor(raw.data(), out.mutable_data(), type, n_rows, n_per_row, cols, rows, n_threads,
+                         kinds.mutable_data(), refit);
     }
     py::dict stats;
     stats["blocks_unchanged"] = st.blocks_unchanged;
     stats["blocks_rescaled"] = st.blocks_rescaled;
     stats["blocks_requantized"] = st.blocks_requantized;
+    stats["blocks_refit"] = st.blocks_refit;
     stats["rel_rmse"] = st.rel_rmse();
+    stats["block_kinds"] = kinds;  // [rows, blocks per row]: 0 unchanged, 1 rescaled, 2 requantized, 3 refit
     return py::make_tuple(out, stats);
 }
 
@@ -107,9 +111,10 @@ PYBIND11_MODULE(_core, m) {
     m.def("quantize", &quantize, py::arg("values"), py::arg("type"),
           "Quantize a float32 [rows, n_per_row] array with the reference quantizer of `type`.");
     m.def("fold", &fold, py::arg("raw"), py::arg("type"), py::arg("n_per_row"), py::arg("column_scales"),
-          py::arg("n_threads") = 0, py::arg("row_scales") = py::none(),
+          py::arg("n_threads") = 0, py::arg("row_scales") = py::none(), py::arg("refit") = true,
           "Multiply value (i, j) of a quantized [rows, n_per_row] tensor by row_scales[i] * column_scales[j] "
-          "(None: all 1.0). Returns (new_raw, stats).");
+          "(None: all 1.0). Returns (new_raw, stats); stats['block_kinds'] says what happened to each block. "
+          "refit=False: requantized blocks are always ggml's reference quantization (benchmarks).");
     m.def("block_info", &block_info, py::arg("type"), "(values per block, bytes per block) of a ggml type.");
     m.def("supported", [](int32_t type) { return traits_for(type) != nullptr; }, py::arg("type"));
     py::register_exception<std::invalid_argument>(m, "FoldError", PyExc_ValueError);

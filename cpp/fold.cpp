@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "quants.h"
+#include "refit.h"
 
 namespace sealgguf {
 
@@ -15,6 +16,7 @@ void FoldStats::add(const FoldStats& o) {
     blocks_unchanged += o.blocks_unchanged;
     blocks_rescaled += o.blocks_rescaled;
     blocks_requantized += o.blocks_requantized;
+    blocks_refit += o.blocks_refit;
     sq_err += o.sq_err;
     sq_ref += o.sq_ref;
 }
@@ -30,12 +32,22 @@ float uniform_scale(const float* s, int n) {
     return s[0];
 }
 
+double sq_error(const float* a, const float* b, int n) {
+    double e = 0;
+    for (int i = 0; i < n; ++i) {
+        const double r = (double)a[i] - (double)b[i];
+        e += r * r;
+    }
+    return e;
+}
+
 FoldStats fold_rows(const TypeTraits& t, const uint8_t* src, uint8_t* dst, int64_t n_rows, int64_t n_per_row,
-                    const float* column_scales, const float* row_scales) {
+                    const float* column_scales, const float* row_scales, uint8_t* kinds, bool try_refit) {
     const int bs = t.block_size;
     const int64_t blocks_per_row = n_per_row / bs;
     const size_t row_bytes = (size_t)blocks_per_row * t.type_size;
     std::vector<float> orig(bs), target(bs), folded(bs), ones(bs, 1.0f);
+    std::vector<uint8_t> refit(t.type_size);
     FoldStats st;
     for (int64_t r = 0; r < n_rows; ++r) {
         const float rs = row_scales ? row_scales[r] : 1.0f;
@@ -50,20 +62,40 @@ FoldStats fold_rows(const TypeTraits& t, const uint8_t* src, uint8_t* dst, int64
 
             const float u = uniform_scale(s, bs) * rs;
             std::memcpy(db, sb, t.type_size);
+            BlockKind kind = kRequantized;
             if (u == 1.0f) {
                 ++st.blocks_unchanged;
+                kind = kUnchanged;
             } else if (!std::isnan(u) && t.scale_block(db, u)) {
                 ++st.blocks_rescaled;
-            } else {
-                t.quantize(target.data(), db, bs);
+                kind = kRescaled;
+            }
+            double err;
+            if (kind == kRequantized) {
+                // two candidates: a fresh quantization, and the original levels with refit scales
                 ++st.blocks_requantized;
+                t.quantize(target.data(), db, bs);
+                t.dequantize(db, folded.data(), bs);
+                err = sq_error(folded.data(), target.data(), bs);
+                // the refit is built only when its error bound says it can win
+                if (try_refit && refit_error_bound(t, orig.data(), target.data()) < err * (1 - 1e-6) &&
+                    refit_scales(t, sb, target.data(), refit.data())) {
+                    t.dequantize(refit.data(), folded.data(), bs);
+                    const double e = sq_error(folded.data(), target.data(), bs);
+                    if (e < err) {  // false for a non-finite refit
+                        std::memcpy(db, refit.data(), t.type_size);
+                        ++st.blocks_refit;
+                        kind = kRefit;
+                        err = e;
+                    }
+                }
+            } else {
+                t.dequantize(db, folded.data(), bs);
+                err = sq_error(folded.data(), target.data(), bs);
             }
-            t.dequantize(db, folded.data(), bs);
-            for (int i = 0; i < bs; ++i) {
-                const double e = (double)folded[i] - (double)target[i];
-                st.sq_err += e * e;
-                st.sq_ref += (double)target[i] * target[i];
-            }
+            if (kinds) kinds[r * blocks_per_row + b] = kind;
+            st.sq_err += err;
+            for (int i = 0; i < bs; ++i) st.sq_ref += (double)target[i] * target[i];
         }
     }
     return st;
@@ -72,7 +104,8 @@ FoldStats fold_rows(const TypeTraits& t, const uint8_t* src, uint8_t* dst, int64
 }  // namespace
 
 FoldStats fold_tensor(const uint8_t* src, uint8_t* dst, int32_t type, int64_t n_rows, int64_t n_per_row,
-                      const float* column_scales, const float* row_scales, int n_threads) {
+                      const float* column_scales, const float* row_scales, int n_threads, uint8_t* kinds,
+                      bool refit) {
     const TypeTraits* t = traits_for(type);
     if (!t) throw std::invalid_argument("cannot fold tensors of type " + type_name(type));
     if (n_per_row % t->block_size != 0)
@@ -95,7 +128,8 @@ FoldStats fold_tensor(const uint8_t* src, uint8_t* dst, int32_t type, int64_t n_
         if (r0 >= r1) break;
         workers.emplace_back([=, &parts] {
             parts[w] = fold_rows(*t, src + r0 * row_bytes, dst + r0 * row_bytes, r1 - r0, n_per_row, column_scales,
-                                 row_scales ? row_scales + r0 : nullptr);
+                                 row_scales ? row_scales + r0 : nullptr,
+                                 kinds ? kinds + r0 * (n_per_row / t->block_size) : nullptr, refit);
         });
     }
     for (std::thread& th : workers) th.join();

@@ -95,6 +95,7 @@ void quantize_q4_0(const float* x, void* dst, int64_t n) {
 }
 
 bool scale_q4_0(void* b, float s) { return scale_field(((block_q4_0*)b)->d, s); }
+void set_scales_q4_0(void* b, float d, float, const int*, const int*) { ((block_q4_0*)b)->d = f2h(d); }
 
 // ---------------------------------------------------------------- Q4_1
 
@@ -129,6 +130,10 @@ void quantize_q4_1(const float* x, void* dst, int64_t n) {
 bool scale_q4_1(void* b, float s) {
     block_q4_1* blk = (block_q4_1*)b;
     return scale_field(blk->d, s) & scale_field(blk->m, s);
+}
+void set_scales_q4_1(void* b, float d, float dmin, const int*, const int*) {
+    ((block_q4_1*)b)->d = f2h(d);
+    ((block_q4_1*)b)->m = f2h(-dmin);
 }
 
 // ---------------------------------------------------------------- Q5_0 / Q5_1 (5th bit in qh)
@@ -171,6 +176,7 @@ void quantize_q5_0(const float* x, void* dst, int64_t n) {
 }
 
 bool scale_q5_0(void* b, float s) { return scale_field(((block_q5_0*)b)->d, s); }
+void set_scales_q5_0(void* b, float d, float, const int*, const int*) { ((block_q5_0*)b)->d = f2h(d); }
 
 void dequantize_q5_1(const void* src, float* y, int64_t n) {
     const block_q5_1* x = (const block_q5_1*)src;
@@ -210,6 +216,10 @@ bool scale_q5_1(void* b, float s) {
     block_q5_1* blk = (block_q5_1*)b;
     return scale_field(blk->d, s) & scale_field(blk->m, s);
 }
+void set_scales_q5_1(void* b, float d, float dmin, const int*, const int*) {
+    ((block_q5_1*)b)->d = f2h(d);
+    ((block_q5_1*)b)->m = f2h(-dmin);
+}
 
 // ---------------------------------------------------------------- Q8_0
 
@@ -234,6 +244,7 @@ void quantize_q8_0(const float* x, void* dst, int64_t n) {
 }
 
 bool scale_q8_0(void* b, float s) { return scale_field(((block_q8_0*)b)->d, s); }
+void set_scales_q8_0(void* b, float d, float, const int*, const int*) { ((block_q8_0*)b)->d = f2h(d); }
 
 // ---------------------------------------------------------------- K-quant helpers
 
@@ -412,6 +423,14 @@ inline int get_scale_q3(int j, const uint8_t* s) {
     return (lo | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32;
 }
 
+// Inverse of get_scale_q3 for a zeroed scales array; sc in -32..31.
+inline void set_scale_q3(int j, uint8_t* s, int sc) {
+    const int l = sc + 32;
+    if (j < 8) s[j] |= l & 0xF;
+    else s[j - 8] |= (l & 0xF) << 4;
+    s[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
+}
+
 // Q2_K and Q3_K store 2-bit levels, four per byte, 128 values per 32 bytes.
 inline void pack_2bit(const uint8_t* L, uint8_t* qs) {
     for (int j = 0; j < QK_K; j += 128)
@@ -518,6 +537,12 @@ bool scale_q2_K(void* b, float s) {
     block_q2_K* blk = (block_q2_K*)b;
     return scale_field(blk->d, s) & scale_field(blk->dmin, s);
 }
+void set_scales_q2_K(void* b, float d, float dmin, const int* sc, const int* m) {
+    block_q2_K* blk = (block_q2_K*)b;
+    for (int j = 0; j < QK_K / 16; ++j) blk->scales[j] = (uint8_t)(sc[j] | (m[j] << 4));
+    blk->d = f2h(d);
+    blk->dmin = f2h(dmin);
+}
 
 // ---------------------------------------------------------------- Q3_K
 
@@ -556,12 +581,8 @@ void quantize_q3_K(const float* x, void* dst, int64_t n) {
         std::memset(y[i].scales, 0, 12);
         if (max_scale) {
             const float iscale = -32.f / max_scale;
-            for (int j = 0; j < QK_K / 16; ++j) {
-                int l = std::max(-32, std::min(31, (int)(int8_t)nearest_int(iscale * scales[j]))) + 32;
-                if (j < 8) y[i].scales[j] = l & 0xF;
-                else y[i].scales[j - 8] |= (l & 0xF) << 4;
-                y[i].scales[j % 4 + 8] |= (l >> 4) << (2 * (j / 4));
-            }
+            for (int j = 0; j < QK_K / 16; ++j)
+                set_scale_q3(j, y[i].scales, std::max(-32, std::min(31, (int)(int8_t)nearest_int(iscale * scales[j]))));
             y[i].d = f2h(1 / iscale);
         } else {
             y[i].d = f2h(0.f);
@@ -588,6 +609,12 @@ void quantize_q3_K(const float* x, void* dst, int64_t n) {
 }
 
 bool scale_q3_K(void* b, float s) { return scale_field(((block_q3_K*)b)->d, s); }
+void set_scales_q3_K(void* b, float d, float, const int* sc, const int*) {
+    block_q3_K* blk = (block_q3_K*)b;
+    std::memset(blk->scales, 0, 12);
+    for (int j = 0; j < QK_K / 16; ++j) set_scale_q3(j, blk->scales, sc[j]);
+    blk->d = f2h(d);
+}
 
 // ---------------------------------------------------------------- Q4_K
 
@@ -622,6 +649,13 @@ void quantize_q4_K(const float* x, void* dst, int64_t n) {
 bool scale_q4_K(void* b, float s) {
     block_q4_K* blk = (block_q4_K*)b;
     return scale_field(blk->d, s) & scale_field(blk->dmin, s);
+}
+void set_scales_q4_K(void* b, float d, float dmin, const int* sc, const int* m) {
+    block_q4_K* blk = (block_q4_K*)b;
+    std::memset(blk->scales, 0, K_SCALE_SIZE);
+    for (int j = 0; j < QK_K / 32; ++j) set_scale_min_k4(j, blk->scales, (uint8_t)sc[j], (uint8_t)m[j]);
+    blk->d = f2h(d);
+    blk->dmin = f2h(dmin);
 }
 
 // ---------------------------------------------------------------- Q5_K
@@ -668,6 +702,13 @@ void quantize_q5_K(const float* x, void* dst, int64_t n) {
 bool scale_q5_K(void* b, float s) {
     block_q5_K* blk = (block_q5_K*)b;
     return scale_field(blk->d, s) & scale_field(blk->dmin, s);
+}
+void set_scales_q5_K(void* b, float d, float dmin, const int* sc, const int* m) {
+    block_q5_K* blk = (block_q5_K*)b;
+    std::memset(blk->scales, 0, K_SCALE_SIZE);
+    for (int j = 0; j < QK_K / 32; ++j) set_scale_min_k4(j, blk->scales, (uint8_t)sc[j], (uint8_t)m[j]);
+    blk->d = f2h(d);
+    blk->dmin = f2h(dmin);
 }
 
 // ---------------------------------------------------------------- Q6_K
@@ -732,24 +773,30 @@ void quantize_q6_K(const float* x, void* dst, int64_t n) {
 }
 
 bool scale_q6_K(void* b, float s) { return scale_field(((block_q6_K*)b)->d, s); }
+void set_scales_q6_K(void* b, float d, float, const int* sc, const int*) {
+    block_q6_K* blk = (block_q6_K*)b;
+    for (int j = 0; j < QK_K / 16; ++j) blk->scales[j] = (int8_t)sc[j];
+    blk->d = f2h(d);
+}
 
-#define TYPE_ROW(T, NAME, BS, SIZE, SUFFIX) \
-    {GgmlType::T, NAME, BS, SIZE, dequantize_##SUFFIX, quantize_##SUFFIX, scale_##SUFFIX}
+#define TYPE_ROW(T, NAME, BS, SIZE, SUFFIX, LAYOUT, SET_SCALES) \
+    {GgmlType::T, NAME, BS, SIZE, dequantize_##SUFFIX, quantize_##SUFFIX, scale_##SUFFIX, LAYOUT, SET_SCALES}
 
+//                                                          sub-blocks, sc range, m
 const TypeTraits kTraits[] = {
-    TYPE_ROW(F32, "F32", 1, 4, f32),
-    TYPE_ROW(F16, "F16", 1, 2, f16),
-    TYPE_ROW(BF16, "BF16", 1, 2, bf16),
-    TYPE_ROW(Q4_0, "Q4_0", QK4_0, sizeof(block_q4_0), q4_0),
-    TYPE_ROW(Q4_1, "Q4_1", QK4_1, sizeof(block_q4_1), q4_1),
-    TYPE_ROW(Q5_0, "Q5_0", QK5_0, sizeof(block_q5_0), q5_0),
-    TYPE_ROW(Q5_1, "Q5_1", QK5_1, sizeof(block_q5_1), q5_1),
-    TYPE_ROW(Q8_0, "Q8_0", QK8_0, sizeof(block_q8_0), q8_0),
-    TYPE_ROW(Q2_K, "Q2_K", QK_K, sizeof(block_q2_K), q2_K),
-    TYPE_ROW(Q3_K, "Q3_K", QK_K, sizeof(block_q3_K), q3_K),
-    TYPE_ROW(Q4_K, "Q4_K", QK_K, sizeof(block_q4_K), q4_K),
-    TYPE_ROW(Q5_K, "Q5_K", QK_K, sizeof(block_q5_K), q5_K),
-    TYPE_ROW(Q6_K, "Q6_K", QK_K, sizeof(block_q6_K), q6_K),
+    TYPE_ROW(F32, "F32", 1, 4, f32, (ScaleLayout{0, 0, 0, 0}), nullptr),
+    TYPE_ROW(F16, "F16", 1, 2, f16, (ScaleLayout{0, 0, 0, 0}), nullptr),
+    TYPE_ROW(BF16, "BF16", 1, 2, bf16, (ScaleLayout{0, 0, 0, 0}), nullptr),
+    TYPE_ROW(Q4_0, "Q4_0", QK4_0, sizeof(block_q4_0), q4_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q4_0),
+    TYPE_ROW(Q4_1, "Q4_1", QK4_1, sizeof(block_q4_1), q4_1, (ScaleLayout{1, 0, 0, -1}), set_scales_q4_1),
+    TYPE_ROW(Q5_0, "Q5_0", QK5_0, sizeof(block_q5_0), q5_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q5_0),
+    TYPE_ROW(Q5_1, "Q5_1", QK5_1, sizeof(block_q5_1), q5_1, (ScaleLayout{1, 0, 0, -1}), set_scales_q5_1),
+    TYPE_ROW(Q8_0, "Q8_0", QK8_0, sizeof(block_q8_0), q8_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q8_0),
+    TYPE_ROW(Q2_K, "Q2_K", QK_K, sizeof(block_q2_K), q2_K, (ScaleLayout{16, 0, 15, 15}), set_scales_q2_K),
+    TYPE_ROW(Q3_K, "Q3_K", QK_K, sizeof(block_q3_K), q3_K, (ScaleLayout{16, -32, 31, 0}), set_scales_q3_K),
+    TYPE_ROW(Q4_K, "Q4_K", QK_K, sizeof(block_q4_K), q4_K, (ScaleLayout{8, 0, 63, 63}), set_scales_q4_K),
+    TYPE_ROW(Q5_K, "Q5_K", QK_K, sizeof(block_q5_K), q5_K, (ScaleLayout{8, 0, 63, 63}), set_scales_q5_K),
+    TYPE_ROW(Q6_K, "Q6_K", QK_K, sizeof(block_q6_K), q6_K, (ScaleLayout{16, -128, 127, 0}), set_scales_q6_K),
 };
 
 }  // namespace

@@ -14,6 +14,18 @@ using QuantizeFn = void (*)(const float* src, void* dst, int64_t n);
 // (d, and dmin / m where the type has them). Returns false when a field would overflow.
 using ScaleBlockFn = bool (*)(void* block, float s);
 
+// How a block's values come from its integer levels L: value = d * sc[j] * L - dmin * m[j] in sub-block j.
+// The legacy types have one sub-block and no integer scale (sc = 1): value = d * L - dmin (Q4_1 / Q5_1 store
+// m = -dmin). The float types have no levels.
+struct ScaleLayout {
+    int n_sub;           // sub-blocks per block, each with its own scale (0: a float type)
+    int sc_min, sc_max;  // range of the integer sub-block scale; 0, 0: none (the legacy types)
+    int m_max;           // 0: no min; > 0: integer sub-block mins 0..m_max; -1: one float min (Q4_1, Q5_1)
+};
+// Write a block's scale fields (d, dmin and the sub-block sc[] / m[] where the layout has them), leaving its
+// levels as they are. sc and m may be null for the legacy types.
+using SetScalesFn = void (*)(void* block, float d, float dmin, const int* sc, const int* m);
+
 struct TypeTraits {
     GgmlType type;
     const char* name;
@@ -22,6 +34,8 @@ struct TypeTraits {
     DequantizeFn dequantize;
     QuantizeFn quantize;
     ScaleBlockFn scale_block;
+    ScaleLayout layout;
+    SetScalesFn set_scales;  // nullptr for the float types
 };
 
 // nullptr when the type is not one sealgguf can fold (IQ*, TQ*, Q8_1, ...).

@@ -328,7 +328,8 @@ def cmd_fold(args) -> int:
         errs += (f"; KL(exact || sealed) {res.kl['kl_exact']:.4f} nats/token (llama.cpp's floor for any change: "
                  f"{res.kl['kl_floor']:.4f})")
     print(f"wrote {res.out_path}: {len(res.tensors)} tensors folded ({res.granularity}, {res.form}); "
-          f"blocks rescaled {res.blocks('blocks_rescaled')}, requantized {res.blocks('blocks_requantized')}, "
+          f"blocks rescaled {res.blocks('blocks_rescaled')}, requantized {res.blocks('blocks_requantized')} "
+          f"({res.blocks('blocks_refit')} kept their levels with refit scales), "
           f"unchanged {res.blocks('blocks_unchanged')}"
           + (f" ({res.blocks('blocks_imatrix')} of the requantized from the imatrix-weighted quantizer)"
              if args.imatrix else "") + f"; relative RMSE {errs}")

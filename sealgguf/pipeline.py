@@ -127,7 +127,8 @@ def seal(opt: SealOptions) -> dict:
     report["sealed"] = {"name": opt.out.name, "sha256": sha256_file(opt.out)}
     report["fold"] = {"rel_rmse_by_type": folded.rel_rmse_by_type(),
                       "blocks_rescaled": folded.blocks("blocks_rescaled"),
-                      "blocks_requantized": folded.blocks("blocks_requantized"), "form": folded.form,
+                      "blocks_requantized": folded.blocks("blocks_requantized"),
+                      "blocks_refit": folded.blocks("blocks_refit"), "form": folded.form,
                       "imatrix": imatrix.name if imatrix else None, "blocks_imatrix": folded.blocks("blocks_imatrix"),
                       "imatrix_option": Path(opt.imatrix).name if opt.imatrix else "none",
                       **(folded.kl or {})}

@@ -94,3 +94,60 @@ def test_shape_mismatch_refused():
     _, raw = _tensor(2)
     with pytest.raises(ValueError, match="entries"):
         _core.fold(raw, 2, 1024, np.ones(1000, np.float32))
+
+
+# Byte ranges of every scale field (float d / dmin and the integer sub-block scales): what a refit may change.
+ALL_SCALE_FIELDS = {2: [(0, 2)], 3: [(0, 4)], 6: [(0, 2)], 7: [(0, 4)], 8: [(0, 2)], 10: [(0, 16), (80, 84)],
+                    11: [(96, 110)], 12: [(0, 16)], 13: [(0, 16)], 14: [(192, 210)]}
+REFIT = 3  # block kind (cpp/fold.h)
+
+
+def _levels_kept(type_id, raw, new, kinds):
+    """The non-scale bytes (the quantized levels) of every block the engine marked refit are the source's."""
+    ts = ggml_ref.TYPES[type_id][2]
+    mask = np.ones(ts, bool)
+    for lo, hi in ALL_SCALE_FIELDS[type_id]:
+        mask[lo:hi] = False
+    a = raw.reshape(kinds.shape + (ts,))[kinds == REFIT]
+    b = new.reshape(kinds.shape + (ts,))[kinds == REFIT]
+    return np.array_equal(a[:, mask], b[:, mask]) and not np.array_equal(a, b)
+
+
+def _errors(type_id, raw, new, s, cols):
+    target = _core.dequantize(raw, type_id, cols) * s
+    ours = _core.dequantize(new, type_id, cols)
+    fresh = ggml_ref.dequantize(ggml_ref.quantize(target, type_id).reshape(-1), type_id, target.size).reshape(target.shape)
+    return float(((ours - target) ** 2).sum()), float(((fresh - target) ** 2).sum())
+
+
+# RMSE of a fresh quantization over the fold's, at least (measured 1.45 / 2.8 / 2.0 / 1.8 / 1.23 at head_dim 64)
+KQUANT_GAIN = {10: 1.3, 11: 2.3, 12: 1.6, 13: 1.5, 14: 1.1}
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("type_id", sorted(KQUANT_GAIN))
+def test_per_head_scales_inside_kquant_superblocks_keep_the_levels(type_id, head_dim):
+    # a 256-value super-block spans 4 (or 2) heads, as in Llama-3 / Qwen / Mistral: the block cannot be rescaled
+    # exactly, but its own levels with refit sub-block scales beat a fresh quantization
+    x, raw = _tensor(type_id, rows=16, seed=4)
+    cols = x.shape[1]
+    s = np.repeat(np.random.default_rng(5).uniform(0.5, 1.5, cols // head_dim), head_dim).astype(np.float32)
+    new, st = _core.fold(raw, type_id, cols, s)
+    kinds = st["block_kinds"]
+    assert st["blocks_requantized"] == kinds.size and st["blocks_refit"] == (kinds == REFIT).sum() > kinds.size // 2
+    assert _levels_kept(type_id, raw, new, kinds)
+    ours, fresh = _errors(type_id, raw, new, s, cols)
+    assert ours * KQUANT_GAIN[type_id] ** 2 <= fresh
+
+
+@pytest.mark.parametrize("type_id", [2, 3, 6, 7, 10, 11, 12, 13])
+def test_scales_close_to_one_keep_the_levels(type_id):
+    # scales varying by ~2% inside a block: a fresh quantization re-rounds every level, a refit does not
+    x, raw = _tensor(type_id, rows=8, seed=6)
+    cols = x.shape[1]
+    s = (1 + 0.02 * np.random.default_rng(7).standard_normal(cols)).astype(np.float32)
+    new, st = _core.fold(raw, type_id, cols, s)
+    kinds = st["block_kinds"]
+    assert (kinds == REFIT).sum() > kinds.size // 2 and _levels_kept(type_id, raw, new, kinds)
+    ours, fresh = _errors(type_id, raw, new, s, cols)
+    assert ours < fresh * 0.8

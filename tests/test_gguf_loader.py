@@ -40,3 +40,49 @@ def test_engine_dequantize_matches_gguf_py(model, request):
             np.testing.assert_array_equal(gguf.dequantize(data, t.tensor_type), original(data, t.tensor_type))
     assert gguf.dequantize is original  # the patch is undone on exit
     assert seen, "no quantized tensor"
+
+
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_fast_reader_reads_what_gguf_py_reads(model, request):
+    """The bulk array reader gives transformers the same fields (types, element count, every value as
+    transformers parses it, gguf-py's own contents()) and the same tensors as gguf-py's GGUFReader."""
+    import gguf
+    from transformers.integrations.ggml import _gguf_parse_value
+
+    from sealgguf.tune.gguf_loader import fast_reader_class
+
+    path = request.getfixturevalue(model)
+    slow, fast = gguf.GGUFReader(path), fast_reader_class()(path)
+    assert list(slow.fields) == list(fast.fields)
+    arrays = 0
+    for key, a in slow.fields.items():
+        b = fast.fields[key]
+        assert a.types == b.types and len(a.data) == len(b.data), key
+        assert [_gguf_parse_value(a.parts[i], a.types) for i in a.data] == \
+            [_gguf_parse_value(b.parts[i], b.types) for i in b.data], key
+        assert a.contents() == b.contents(), key
+        arrays += a.types[0] == gguf.GGUFValueType.ARRAY
+    assert arrays >= 3  # the vocabulary arrays (tokens, scores / merges, token types) took the bulk path
+    assert [(t.name, t.tensor_type, list(t.shape), t.data_offset) for t in slow.tensors] == \
+        [(t.name, t.tensor_type, list(t.shape), t.data_offset) for t in fast.tensors]
+    assert slow.data_offset == fast.data_offset
+    np.testing.assert_array_equal(slow.tensors[-1].data, fast.tensors[-1].data)
+
+
+def test_fast_reader_refuses_a_string_array_past_the_end(tmp_path, smollm2):
+    """A vocabulary whose last string claims more bytes than the file holds is an error, as in gguf-py."""
+    import gguf
+
+    from sealgguf.tune.gguf_loader import fast_reader_class
+
+    w = gguf.GGUFWriter(tmp_path / "t.gguf", "llama")
+    w.add_array("tokenizer.ggml.tokens", ["a", "bb", "ccc"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    data = bytearray((tmp_path / "t.gguf").read_bytes())
+    at = data.rindex(b"ccc") - 8
+    data[at:at + 8] = (1 << 20).to_bytes(8, "little")
+    (tmp_path / "bad.gguf").write_bytes(data)
+    with pytest.raises(ValueError):
+        fast_reader_class()(tmp_path / "bad.gguf")

@@ -80,6 +80,9 @@ def test_weighted_fold_is_never_worse_and_better_where_it_counts(smollm2, tmp_pa
     assert weighted.blocks("blocks_imatrix") > 0 and plain.blocks("blocks_imatrix") == 0
     a, b = open_gguf(tmp_path / "plain.gguf"), open_gguf(tmp_path / "w.gguf")
     assert b.get("seal.fold.imatrix") == "i.gguf" and b.get("seal.fold.blocks_imatrix") == weighted.blocks("blocks_imatrix")
+    # refit blocks the weighted quantizer replaced are no longer counted as refit
+    assert weighted.blocks("blocks_refit") + weighted.blocks("blocks_imatrix") <= weighted.blocks("blocks_requantized")
+    assert weighted.blocks("blocks_refit") <= plain.blocks("blocks_refit") == a.get("seal.fold.blocks_refit")
     for ta, tb, t0 in zip(a.tensors, b.tensors, src.tensors):
         if not ATTN_OUTPUT.match(ta.name):
             assert np.array_equal(a.tensor_data(ta), b.tensor_data(tb))

@@ -1,11 +1,18 @@
 """Benchmark the fold engine.
 
-1. Per block type: C++ fold throughput (requantizing every block: per-channel scales, and the exact
-   per-head path) vs gguf-py's numpy path (dequantize, scale, quantize) where gguf-py can quantize.
-2. Whole file: `fold_file` vs a plain copy of the same file, side by side in one run, and the peak
+1. Per block type: C++ fold throughput (requantizing every block: per-channel scales, with and without
+   the refit candidate; and the exact per-head path) vs gguf-py's numpy path (dequantize, scale,
+   quantize) where gguf-py can quantize.
+2. Per-head scales on K-quant layouts where a 256-value super-block spans several heads (head_dim 64
+   or 128, as in Llama-3, Qwen, Mistral): Gemma 3's real K-quant attn_output weights treated as such
+   heads, with per-head scales drawn from a learned SEAL-H file (--head-scales; uniform 0.5-1.5 without
+   one). Relative RMSE against the exactly scaled weights: a fresh quantization of every block, and the
+   engine (the better of that and the block's own levels with refit scales, per block).
+3. Whole file: `fold_file` vs a plain copy of the same file, side by side in one run, and the peak
    memory of a fold in a child process.
 
     .venv/bin/python tools/bench_fold.py [--model smollm2|gemma3|PATH] [--rows 1024] [--repeat 3]
+        [--head-scales runs/reproduce/tune/gemma3-lines1024-H-lr0.02-s50.scales.safetensors]
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+DEFAULT_HEAD_SCALES = Path("runs/reproduce/tune/gemma3-lines1024-H-lr0.02-s50.scales.safetensors")
 TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12,
          "Q5_K": 13, "Q6_K": 14}
 
@@ -47,11 +55,14 @@ def bench_types(rows: int, cols: int, repeat: int) -> None:
     per_channel = rng.uniform(0.5, 1.5, cols).astype(np.float32)
     per_head = np.repeat(rng.uniform(0.5, 1.5, cols // 256), 256).astype(np.float32)
     n = rows * cols
-    print(f"fold of one {rows} x {cols} tensor ({os.cpu_count()} cores); Mvalues/s, best of {repeat}")
-    print(f"{'type':6s} {'C++ requant':>12s} {'C++ 1 thread':>13s} {'C++ exact':>10s} {'numpy':>9s} {'speed-up':>9s}")
+    print(f"fold of one {rows} x {cols} tensor ({os.cpu_count()} cores); Mvalues/s, best of {repeat}; 'fresh only' "
+          "leaves out the refit candidate (every requantized block is ggml's reference quantization)")
+    print(f"{'type':6s} {'C++ requant':>12s} {'fresh only':>11s} {'C++ 1 thread':>13s} {'C++ exact':>10s} "
+          f"{'numpy':>9s} {'speed-up':>9s}")
     for name, t in TYPES.items():
         raw = _core.quantize(x, t)
         req = best(lambda: _core.fold(raw, t, cols, per_channel), repeat)
+        fresh = best(lambda: _core.fold(raw, t, cols, per_channel, refit=False), repeat)
         one = best(lambda: _core.fold(raw, t, cols, per_channel, 1), repeat)
         exact = best(lambda: _core.fold(raw, t, cols, per_head), repeat)
         qt = gguf.GGMLQuantizationType[name]
@@ -65,7 +76,46 @@ def bench_types(rows: int, cols: int, repeat: int) -> None:
             np_s, ratio = f"{n / np_t / 1e6:9.2f}", f"{np_t / req:8.1f}x"
         except NotImplementedError:
             np_s, ratio = f"{'n/a':>9s}", f"{'-':>9s}"
-        print(f"{name:6s} {n / req / 1e6:12.2f} {n / one / 1e6:13.2f} {n / exact / 1e6:10.2f} {np_s} {ratio}")
+        print(f"{name:6s} {n / req / 1e6:12.2f} {n / fresh / 1e6:11.2f} {n / one / 1e6:13.2f} {n / exact / 1e6:10.2f} "
+              f"{np_s} {ratio}")
+
+
+def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
+    from sealgguf import _core, scales
+    from sealgguf.fold import open_gguf
+    from sealgguf.gguf_file import ATTN_OUTPUT
+
+    src = open_gguf(model)
+    rng = np.random.default_rng(0)
+    pool = scales.load(head_scales).values.reshape(-1) if head_scales else None
+    print(f"per-head folds on K-quant layouts: {model.name}'s attn_output as heads of 64 / 128 values; scales "
+          + (f"drawn from {head_scales.name}" if pool is not None else "uniform 0.5-1.5"))
+    print(f"{'type':6s} {'head_dim':>8s} {'tensors':>7s} {'fresh':>8s} {'engine':>8s} {'ratio':>6s} {'refit blocks':>13s}")
+    rows = {}
+    for t in src.tensors:
+        name = src.type_name(t)
+        if not ATTN_OUTPUT.match(t.name) or not name.endswith("_K"):
+            continue
+        n = int(t.shape[0])
+        raw = src.tensor_data(t)
+        original = _core.dequantize(raw, t.type_id, n)
+        for hd in (64, 128):
+            per_head = pool[rng.integers(0, pool.size, n // hd)] if pool is not None else rng.uniform(0.5, 1.5, n // hd)
+            s = np.repeat(per_head, hd).astype(np.float32)
+            target = original * s
+            fresh = _core.dequantize(_core.quantize(target, t.type_id), t.type_id, n)
+            _, st = _core.fold(raw, t.type_id, n, s)
+            r = rows.setdefault((name, hd), [0, 0.0, 0.0, 0.0, 0, 0])
+            ref = float(np.square(target, dtype=np.float64).sum())
+            r[0] += 1
+            r[1] += float(np.square(fresh - target, dtype=np.float64).sum())
+            r[2] += st["rel_rmse"] ** 2 * ref
+            r[3] += ref
+            r[4] += st["blocks_refit"]
+            r[5] += st["blocks_requantized"]
+    for (name, hd), (k, e_fresh, e_engine, ref, refit, req) in sorted(rows.items()):
+        f, e = np.sqrt(e_fresh / ref), np.sqrt(e_engine / ref)
+        print(f"{name:6s} {hd:8d} {k:7d} {f:8.2e} {e:8.2e} {f / e:5.2f}x {refit:6d}/{req:<6d}")
 
 
 def bench_file(model: Path, repeat: int) -> None:
@@ -128,10 +178,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1024)
     ap.add_argument("--cols", type=int, default=2048)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--head-scales", type=Path, default=DEFAULT_HEAD_SCALES if DEFAULT_HEAD_SCALES.is_file() else None,
+                    help="SEAL-H scales file to draw per-head scales from (default: Gemma's from tools/reproduce.py)")
     args = ap.parse_args()
     from sealgguf.models import resolve
 
     bench_types(args.rows, args.cols, args.repeat)
+    print()
+    bench_kquant_heads(resolve("gemma3"), args.head_scales)
     print()
     for m in args.model or ["smollm2", "gemma3"]:
         bench_file(resolve(m), args.repeat)

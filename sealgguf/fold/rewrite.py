@@ -39,6 +39,7 @@ MAX_HEAD_REL_ERROR = 0.5
 # KL(scales applied exactly || sealed), and KL(exact || exact nudged by a relative 1e-6): llama.cpp's own floor,
 # since it quantizes activations and any change at all flips some roundings (sealgguf.fold.reference)
 MEASURED_KL = ("kl_exact", "kl_floor")
+REFIT = 3  # the engine's block kind for a requantized block that kept its levels (cpp/fold.h BlockKind)
 LAYER_OF = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -167,6 +168,7 @@ def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int,
         want = f"{len(plan.rows)} rows" if plan.rows is not None else f"{len(plan.cols)} values per row"
         raise SealError(f"{src.path}: tensor {t.name} has shape {list(t.shape)}, but the attention layout needs {want}")
     new, stats = _core.fold(src.tensor_data(t), t.type_id, n_per_row, plan.cols, threads, plan.rows)
+    kinds = stats.pop("block_kinds")
     stats["type"] = src.type_name(t)
     stats["blocks_imatrix"] = 0
     want = None  # the exactly scaled weights, computed once for the weighted quantizer and the checks
@@ -177,7 +179,9 @@ def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int,
             raise SealError(f"imatrix entry {t.name} has {importance.size} values, but the tensor has {n_per_row} "
                             "columns (an imatrix of another model?)")
         want = scaled_target(src, t, plan, n_per_row)
-        new, stats["blocks_imatrix"] = weighted_candidate(new, want, t.type_id, importance)
+        new, take = weighted_candidate(new, want, t.type_id, importance)
+        stats["blocks_imatrix"] = int(take.sum())
+        stats["blocks_refit"] = int(((kinds == REFIT) & ~take).sum())
     got, want = check_folded(src, t, new, plan, n_per_row, want)
     if stats["blocks_imatrix"]:  # the engine's figure describes its own candidate: measure the mix
         ref = float(np.square(want, dtype=np.float64).sum())
@@ -308,6 +312,7 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
     for name, rmse in result.rel_rmse_by_type().items():
         new_keys[f"seal.fold.rel_rmse.{name}"] = (float(rmse), V.FLOAT32)
     new_keys["seal.fold.blocks_requantized"] = (result.blocks("blocks_requantized"), V.UINT64)
+    new_keys["seal.fold.blocks_refit"] = (result.blocks("blocks_refit"), V.UINT64)
     new_keys["seal.fold.exact"] = (result.blocks("blocks_requantized") == 0, V.BOOL)
     if imatrix is not None:
         new_keys["seal.fold.imatrix"] = (Path(imatrix).name, V.STRING)

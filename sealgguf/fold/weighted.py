@@ -8,10 +8,10 @@ import numpy as np
 
 
 def weighted_candidate(engine: np.ndarray, target: np.ndarray, type_id: int, importance: np.ndarray
-                       ) -> tuple[np.ndarray, int]:
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per block, the engine's result or ggml's importance-weighted requantization of `target` [rows, n], whichever
     has the lower weighted squared error against `target`. `engine` is the engine's raw tensor ([rows, bytes]).
-    Returns the chosen raw blocks and how many blocks came from the weighted quantizer."""
+    Returns the chosen raw blocks and which blocks came from the weighted quantizer ([rows, blocks], bool)."""
     import gguf
 
     from sealgguf import _core, ggml
@@ -27,4 +27,4 @@ def weighted_candidate(engine: np.ndarray, target: np.ndarray, type_id: int, imp
 
     take = err(weighted) < err(engine)
     out = np.where(take[:, :, None], weighted.reshape(rows, -1, nbytes), engine.reshape(rows, -1, nbytes))
-    return out.reshape(rows, -1), int(take.sum())
+    return out.reshape(rows, -1), take

@@ -109,7 +109,10 @@ def model_card(report: dict) -> str:
         rmse = ", ".join(f"{typ} {v:.1e}" for typ, v in fold["rel_rmse_by_type"].items())
         lines += ["## Fold", "",
                   f"Folded as {fold['form']}: {fold['blocks_rescaled']} blocks rescaled, "
-                  f"{fold['blocks_requantized']} requantized; relative RMSE against the exactly scaled weights: "
+                  f"{fold['blocks_requantized']} requantized"
+                  + (f" ({fold['blocks_refit']} of them kept their quantized levels with refit scales, which beat "
+                     "a fresh quantization)" if fold.get("blocks_refit") else "")
+                  + "; relative RMSE against the exactly scaled weights: "
                   f"{rmse}." + (f" KL(scales applied exactly ‖ sealed) {fold['kl_exact']:.5f} nats/token "
                                 f"(llama.cpp's floor for any change: {fold['kl_floor']:.5f})."
                                 if "kl_exact" in fold else "")
