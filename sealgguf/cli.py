@@ -110,6 +110,10 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
                    "GPU, then CPU RAM, then --offload-folder (transformers' big-model placement); activations move "
                    "from device to device and the backward pass follows them. For models larger than one GPU")
     g.add_argument("--offload-folder", help="folder for layers --device-map auto offloads to disk")
+    g.add_argument("--fsdp", action="store_true",
+                   help="under torchrun / accelerate launch: shard the frozen weights over the processes (torch "
+                        "FSDP2, one unit per decoder layer) for a model one device cannot hold; each process "
+                        "still tunes its share of every step's samples (--grad-accum a multiple of the processes)")
     g.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
                    help="dtype of the frozen weights and the forward/backward pass; the scales and the optimizer "
                         "stay fp32 (default auto: bf16 on a CUDA GPU with bf16 or a CPU with AMX-BF16/AVX512-BF16, "
@@ -347,7 +351,7 @@ def _tune_options(args, out: Path):
 
     return TuneOptions(
         model=args.model, out=out, tasks=args.task, granularity=args.granularity, exact_fold=args.exact_fold,
-        device_map=args.device_map, offload_folder=args.offload_folder,
+        device_map=args.device_map, offload_folder=args.offload_folder, fsdp=args.fsdp,
         length=args.length,
         samples=args.samples, lr=args.lr, epochs=args.epochs, keep=args.keep, seed=args.seed, device=args.device,
         dtype=args.dtype,

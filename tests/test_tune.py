@@ -376,7 +376,8 @@ def test_a_split_model_gives_the_same_gradients(smollm2, hf_smollm2, tmp_path):
 
 def test_two_gloo_processes_match_one(smollm2, tmp_path):
     """Data parallel over samples: `torchrun --nproc-per-node 2 -m sealgguf tune ... --grad-accum 2` on CPU (gloo)
-    learns the scales one process learns with --grad-accum 2 (each process takes one sample of every step)."""
+    learns the scales one process learns with --grad-accum 2 (each process takes one sample of every step);
+    so does the same run with --fsdp, where each process holds half of every layer's weights (FSDP2)."""
     import os
     import socket
     import subprocess
@@ -388,18 +389,35 @@ def test_two_gloo_processes_match_one(smollm2, tmp_path):
     args = dict(tasks=["passkey"], granularity="head", length=256, samples=4, val_samples=1, lr=5e-2, keep=1.0,
                 grad_accum=2)
     info = run_tune(TuneOptions(model=str(smollm2), out=tmp_path / "one.safetensors", progress=False, **args))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
-           "-m", "sealgguf", "-q", "tune", str(smollm2), "-o", str(tmp_path / "two.safetensors"), "--task", "passkey",
-           "--granularity", "head", "--length", "256", "--samples", "4", "--val-samples", "1", "--lr", "5e-2",
-           "--keep", "1", "--grad-accum", "2"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-    assert done.returncode == 0, done.stderr[-2000:]
-    one, two = scales.load(tmp_path / "one.safetensors"), scales.load(tmp_path / "two.safetensors")
-    assert two.metadata["processes"] == "2" and "processes" not in one.metadata
-    assert not np.allclose(one.values, 1.0)
-    np.testing.assert_allclose(two.values, one.values, rtol=0, atol=2e-5)
-    assert json.loads(two.metadata["loss_first"]) == pytest.approx(info["loss_first"], rel=1e-4)
+    one = scales.load(tmp_path / "one.safetensors")
+    assert not np.allclose(one.values, 1.0) and "processes" not in one.metadata
+    for extra in ([], ["--fsdp"]):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        out = tmp_path / f"two{''.join(extra)}.safetensors"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+               "-m", "sealgguf", "-q", "tune", str(smollm2), "-o", str(out), "--task", "passkey",
+               "--granularity", "head", "--length", "256", "--samples", "4", "--val-samples", "1", "--lr", "5e-2",
+               "--keep", "1", "--grad-accum", "2", *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        assert done.returncode == 0, done.stderr[-2000:]
+        two = scales.load(out)
+        assert two.metadata["processes"] == "2" and (two.metadata.get("fsdp") == "true") == bool(extra)
+        np.testing.assert_allclose(two.values, one.values, rtol=0, atol=2e-5)
+        assert json.loads(two.metadata["loss_first"]) == pytest.approx(info["loss_first"], rel=1e-4)
+
+
+def test_fsdp_needs_processes_and_even_steps(smollm2, tmp_path, monkeypatch):
+    from sealgguf.tune import TuneOptions, check_fsdp
+
+    opt = TuneOptions(model=str(smollm2), out=tmp_path / "s.safetensors", fsdp=True, samples=4, grad_accum=2, lr=1e-2)
+    with pytest.raises(SealError, match="one process"):
+        check_fsdp(opt)
+    monkeypatch.setattr("sealgguf.tune.trainer.world", lambda: (2, 0))
+    check_fsdp(opt)
+    for change, match in ((dict(grad_accum=3), "multiple"), (dict(samples=5), "multiple"), (dict(lr="auto"), "fixed"),
+                          (dict(device_map="auto"), "one of them")):
+        with pytest.raises(SealError, match=match):
+            check_fsdp(TuneOptions(**{**opt.__dict__, **change}))

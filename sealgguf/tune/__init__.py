@@ -44,6 +44,7 @@ class TuneOptions:
     device: str = "auto"
     device_map: str | None = None  # "auto": accelerate spreads the layers over every GPU, then CPU, then disk
     offload_folder: str | None = None  # where --device-map auto may offload layers to disk
+    fsdp: bool = False             # under torchrun: shard the frozen weights over the processes (torch FSDP2)
     dtype: str = "auto"            # the frozen weights' storage and compute dtype; scales and AdamW stay fp32
     rope: RopeScaling = field(default_factory=RopeScaling)  # applied while tuning; fold writes it to the GGUF
     self_extend: SelfExtend = field(default_factory=SelfExtend)  # group attention while tuning; fold records it
@@ -80,6 +81,24 @@ def join_processes(device: str) -> str:
     return device
 
 
+def check_fsdp(opt: TuneOptions) -> None:
+    """FSDP gathers each layer's weights in a collective call, so every process must run the same number of
+    forward passes: the samples of every step must split evenly over the processes."""
+    from sealgguf.tune.trainer import world
+
+    n_proc, _ = world()
+    if n_proc < 2:
+        raise SealError("--fsdp shards the model over the processes of a torchrun / accelerate launch run; "
+                        "this run has one process")
+    if opt.device_map is not None:
+        raise SealError("--fsdp and --device-map are two ways to spread one model: use one of them")
+    if opt.lr == "auto":
+        raise SealError("--fsdp needs a fixed --lr (the --lr auto sweep does not split evenly over processes)")
+    if opt.grad_accum % n_proc or (opt.samples * opt.epochs) % opt.grad_accum:
+        raise SealError(f"--fsdp needs --grad-accum a multiple of the {n_proc} processes and --samples x --epochs "
+                        f"a multiple of --grad-accum (got {opt.grad_accum} and {opt.samples} x {opt.epochs})")
+
+
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -109,7 +128,7 @@ def run_tune(opt: TuneOptions) -> dict:
     from sealgguf.tasks import parse_tasks
     from sealgguf.tune import group_attention
     from sealgguf.tune.data import anchor_windows, make_examples
-    from sealgguf.tune.model import SealScales, enable_checkpointing, load
+    from sealgguf.tune.model import SealScales, enable_checkpointing, load, shard
     from sealgguf.tune.plan import check as check_plan
     from sealgguf.tune.trainer import TrainConfig, train, world
 
@@ -130,14 +149,19 @@ def run_tune(opt: TuneOptions) -> dict:
     parse_tasks(",".join(opt.tasks))
     device = join_processes(pick_device(opt.device))
     dtype = pick_dtype(opt.dtype, device)
+    if opt.fsdp:
+        check_fsdp(opt)
     torch.manual_seed(opt.seed)
     path = resolve(opt.model)
     plan = tuning_plan(path, opt, device, dtype)
     if opt.dry_run:
         return {"plan": plan}
-    if opt.device_map is None:
-        check_plan(plan, str(path))  # the plan models one device; with a device map accelerate places the layers
-    lm = load(path, device, opt.rope, dtype, device_map=opt.device_map, offload_folder=opt.offload_folder)
+    if opt.device_map is None and not opt.fsdp:
+        check_plan(plan, str(path))  # the plan models one device; a device map or FSDP spreads the layers
+    lm = load(path, "cpu" if opt.fsdp else device, opt.rope, dtype, device_map=opt.device_map,
+              offload_folder=opt.offload_folder)
+    if opt.fsdp:
+        shard(lm.model, device)
     limit = opt.self_extend.context(lm.rope.context(lm.layout.context_length))
     if lm.layout.context_length and opt.length > limit:
         raise SealError(f"--length {opt.length} exceeds the model's context of {int(limit)} tokens; "
@@ -182,7 +206,7 @@ def run_tune(opt: TuneOptions) -> dict:
         "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
-        "device": device, "device_map": opt.device_map, "dtype": dtype, "seconds": round(time.time() - t0, 1),
+        "device": device, "device_map": opt.device_map, "fsdp": True if opt.fsdp else None, "dtype": dtype, "seconds": round(time.time() - t0, 1),
         "val_exact_match_before": result.val_before, "val_exact_match_after": result.val_after,
         "val_loss_before": result.val_loss_before, "val_loss_after": result.val_loss_after,
         "loss_first": result.losses[0] if result.losses else None,

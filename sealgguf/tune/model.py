@@ -228,6 +228,21 @@ def place(model: nn.Module, device_map: str | dict, offload_folder: str | None =
     return device_map
 
 
+def shard(model: nn.Module, device: str) -> None:
+    """FSDP2 (torch's fully_shard) over the processes of this run: each decoder layer's frozen weights, and the
+    rest of the model's, are split across them and gathered for the layer's forward (and its recompute
+    under checkpointing); the scales are not in the model and stay whole on every process. Weights loaded
+    on the CPU move to `device` as they are sharded. For a model one device cannot hold."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cuda" if device.startswith("cuda") else "cpu", (dist.get_world_size(),))
+    for layer in decoder_layers(model):
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
 def enable_checkpointing(model: nn.Module) -> None:
     """Activation checkpointing that works with frozen weights (non-reentrant)."""
     kw = {"use_reentrant": False}
