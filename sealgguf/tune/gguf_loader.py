@@ -12,8 +12,10 @@ once per module of the model (397 times for SmolLM2). Inside `fast_gguf()`:
   * gguf-py's tensor name map is built once per (architecture, layer count);
   * quantized tensors are dequantized by sealgguf's C++ engine (bit-identical to ggml, multithreaded),
     where gguf-py would run numpy; types the engine lacks still go to gguf-py.
-transformers then casts each tensor to the requested dtype as it is produced, so at most one tensor exists
-in float32 at a time.
+  * the weights go through transformers' own tensor loop (its tensor processor and name map), run by
+    load_tensors on the metadata already parsed, casting each tensor to the requested dtype as it is
+    produced, so at most one tensor exists in float32 at a time (transformers would hold two: it copies
+    each dequantized array before the cast).
 """
 
 from __future__ import annotations
@@ -100,10 +102,15 @@ def fast_gguf() -> Iterator[None]:
     def metadata(path: str, mtime_ns: int) -> dict:
         return original_checkpoint(path, return_tensors=False)
 
-    def load_checkpoint(path, return_tensors=False, **kw):
-        if return_tensors or kw:
-            return original_checkpoint(path, return_tensors=return_tensors, **kw)
-        return fresh_copy(metadata(os.fspath(path), os.stat(path).st_mtime_ns))  # callers pop from it
+    def load_checkpoint(path, return_tensors=False, model_to_load=None, torch_dtype=None):
+        key = (os.fspath(path), os.stat(path).st_mtime_ns)
+        parsed = fresh_copy(metadata(*key))  # callers pop from it
+        if not return_tensors:
+            return parsed
+        if model_to_load is None:
+            return original_checkpoint(path, return_tensors=True, torch_dtype=torch_dtype)
+        parsed["tensors"] = load_tensors(reader(*key), parsed, model_to_load, torch_dtype)
+        return parsed
 
     original_parse = hf_gguf._gguf_parse_value
     gguf.GGUFReader, gguf.dequantize = cached_reader, dequantize
@@ -115,6 +122,36 @@ def fast_gguf() -> Iterator[None]:
         gguf.GGUFReader, gguf.dequantize = original_reader, original_dequantize
         gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint = original_name_map, original_checkpoint
         hf_gguf._gguf_parse_value = original_parse
+
+
+def load_tensors(reader, parsed: dict, model, torch_dtype) -> dict:
+    """The tensor loop of transformers' load_gguf_checkpoint(return_tensors=True), on the metadata it already
+    parsed once: transformers' own tensor processor (Q/K permutation and the like) and name map, with each
+    array cast to `torch_dtype` as it is produced. transformers re-parses every metadata field for this call
+    and copies each dequantized float32 array before casting it (np.copy); the engine's arrays are fresh and
+    writable, so they are wrapped as they are and the float32 array is freed once cast."""
+    import gguf
+    import torch
+
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+
+    field = reader.fields["general.architecture"]
+    architecture = hf_gguf._gguf_parse_value(field.parts[field.data[0]], field.types)
+    processor = hf_gguf.TENSOR_PROCESSORS.get(architecture, hf_gguf.TensorProcessor)(config=parsed["config"])
+    names = hf_gguf.get_gguf_hf_weights_map(model, processor)
+    tensors: dict = {}
+    parsed["tensors"] = tensors  # processors may read or add to it
+    for t in reader.tensors:
+        result = processor.process(weights=gguf.dequantize(t.data, t.tensor_type), name=t.name,
+                                   tensor_key_mapping=names, parsed_parameters=parsed)
+        if result.name not in names:
+            continue
+        weights = result.weights
+        if not (weights.flags.writeable and weights.flags.c_contiguous):  # a view of the file, or a permutation
+            weights = np.array(weights)
+        tensor = torch.from_numpy(weights)
+        tensors[names[result.name]] = tensor.to(torch_dtype) if torch_dtype is not None else tensor
+    return tensors
 
 
 def fresh_copy(value):
