@@ -25,10 +25,10 @@ enum BlockKind : uint8_t { kUnchanged = 0, kRescaled = 1, kRequantized = 2, kRef
 // by row_scales[r] * column_scales[j]; either pointer may be null (all 1.0). A block whose scales are all
 // equal is rescaled exactly (only its float scale fields change). A block whose column scales vary inside it
 // gets whichever has the lower squared error: ggml's reference quantization of the scaled values, or its own
-// levels with scale fields refit by least squares. Throws std::invalid_argument on an unsupported type, a row length that is not
-// a whole number of blocks, or a scale that is not finite. `kinds`, when not null, receives one BlockKind per
-// block (kRefit for a requantized block that kept its levels). refit = false leaves out the refit candidate
-// (every requantized block is ggml's reference quantization; for benchmarks).
+// levels with scale fields refit by least squares (refit.h). Throws std::invalid_argument on an unsupported
+// type, a row length that is not a whole number of blocks, or a scale that is not finite. `kinds`, when not
+// null, receives one BlockKind per block (kRefit for a requantized block that kept its levels). refit = false
+// leaves out the refit candidate (every requantized block is ggml's reference quantization; for benchmarks).
 FoldStats fold_tensor(const uint8_t* src, uint8_t* dst, int32_t type, int64_t n_rows, int64_t n_per_row,
                       const float* column_scales, const float* row_scales, int n_threads, uint8_t* kinds = nullptr,
                       bool refit = true);

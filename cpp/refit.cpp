@@ -175,7 +175,8 @@ bool refit_scales(const TypeTraits& t, const uint8_t* src, const float* target, 
             xt += sc[j] * f.slt, yt += m[j] * f.st;
         }
         const double det = xx * yy - xy * xy;
-        if (det > 0) keep(fp16_round((float)((xt * yy - yt * xy) / det)), fp16_round((float)((xt * xy - yt * xx) / det)));
+        if (det > 0)
+            keep(fp16_round((float)((xt * yy - yt * xy) / det)), fp16_round((float)((xt * xy - yt * xx) / det)));
     }
     std::copy(best_sc, best_sc + n_sub, sc);
     std::copy(best_m, best_m + n_sub, m);

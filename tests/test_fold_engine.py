@@ -116,7 +116,8 @@ def _levels_kept(type_id, raw, new, kinds):
 def _errors(type_id, raw, new, s, cols):
     target = _core.dequantize(raw, type_id, cols) * s
     ours = _core.dequantize(new, type_id, cols)
-    fresh = ggml_ref.dequantize(ggml_ref.quantize(target, type_id).reshape(-1), type_id, target.size).reshape(target.shape)
+    fresh = ggml_ref.dequantize(ggml_ref.quantize(target, type_id).reshape(-1), type_id, target.size)
+    fresh = fresh.reshape(target.shape)
     return float(((ours - target) ** 2).sum()), float(((fresh - target) ** 2).sum())
 
 

@@ -90,7 +90,8 @@ def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
     pool = scales.load(head_scales).values.reshape(-1) if head_scales else None
     print(f"per-head folds on K-quant layouts: {model.name}'s attn_output as heads of 64 / 128 values; scales "
           + (f"drawn from {head_scales.name}" if pool is not None else "uniform 0.5-1.5"))
-    print(f"{'type':6s} {'head_dim':>8s} {'tensors':>7s} {'fresh':>8s} {'engine':>8s} {'ratio':>6s} {'refit blocks':>13s}")
+    print(f"{'type':6s} {'head_dim':>8s} {'tensors':>7s} {'fresh':>8s} {'engine':>8s} {'ratio':>6s} "
+          f"{'refit blocks':>13s}")
     rows = {}
     for t in src.tensors:
         name = src.type_name(t)
