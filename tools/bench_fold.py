@@ -7,7 +7,8 @@
    or 128, as in Llama-3, Qwen, Mistral): Gemma 3's real K-quant attn_output weights treated as such
    heads, with per-head scales drawn from a learned SEAL-H file (--head-scales; uniform 0.5-1.5 without
    one). Relative RMSE against the exactly scaled weights: a fresh quantization of every block, and the
-   engine (the better of that and the block's own levels with refit scales, per block).
+   engine (the better of that and the block's own levels with refit scales, per block), and the engine's
+   error with each sub-block's min left unrounded (what the integer mins cost).
 3. Whole file: `fold_file` vs a plain copy of the same file, side by side in one run, and the peak
    memory of a fold in a child process.
 
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_HEAD_SCALES = Path("runs/reproduce/tune/gemma3-lines1024-H-lr0.02-s50.scales.safetensors")
+MIN_SUB_BLOCK = {"Q2_K": 16, "Q4_K": 32, "Q5_K": 32}  # the K-quants with per-sub-block mins
 TYPES = {"Q4_0": 2, "Q4_1": 3, "Q5_0": 6, "Q5_1": 7, "Q8_0": 8, "Q2_K": 10, "Q3_K": 11, "Q4_K": 12,
          "Q5_K": 13, "Q6_K": 14}
 
@@ -91,7 +93,7 @@ def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
     print(f"per-head folds on K-quant layouts: {model.name}'s attn_output as heads of 64 / 128 values; scales "
           + (f"drawn from {head_scales.name}" if pool is not None else "uniform 0.5-1.5"))
     print(f"{'type':6s} {'head_dim':>8s} {'tensors':>7s} {'fresh':>8s} {'engine':>8s} {'ratio':>6s} "
-          f"{'refit blocks':>13s}")
+          f"{'refit blocks':>13s} {'mins unrounded':>15s}")
     rows = {}
     for t in src.tensors:
         name = src.type_name(t)
@@ -105,8 +107,12 @@ def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
             s = np.repeat(per_head, hd).astype(np.float32)
             target = original * s
             fresh = _core.dequantize(_core.quantize(target, t.type_id), t.type_id, n)
-            _, st = _core.fold(raw, t.type_id, n, s)
-            r = rows.setdefault((name, hd), [0, 0.0, 0.0, 0.0, 0, 0])
+            new, st = _core.fold(raw, t.type_id, n, s)
+            # what is left if each sub-block's min were free (its mean residual removed): the rounding of the
+            # 6-bit (Q2_K: 4-bit) mins, measured
+            resid = (_core.dequantize(new, t.type_id, n) - target).reshape(-1, MIN_SUB_BLOCK.get(name, 1))
+            r = rows.setdefault((name, hd), [0, 0.0, 0.0, 0.0, 0, 0, 0.0])
+            r[6] += float(np.square(resid - resid.mean(-1, keepdims=True), dtype=np.float64).sum())
             ref = float(np.square(target, dtype=np.float64).sum())
             r[0] += 1
             r[1] += float(np.square(fresh - target, dtype=np.float64).sum())
@@ -114,9 +120,10 @@ def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
             r[3] += ref
             r[4] += st["blocks_refit"]
             r[5] += st["blocks_requantized"]
-    for (name, hd), (k, e_fresh, e_engine, ref, refit, req) in sorted(rows.items()):
+    for (name, hd), (k, e_fresh, e_engine, ref, refit, req, e_free) in sorted(rows.items()):
         f, e = np.sqrt(e_fresh / ref), np.sqrt(e_engine / ref)
-        print(f"{name:6s} {hd:8d} {k:7d} {f:8.2e} {e:8.2e} {f / e:5.2f}x {refit:6d}/{req:<6d}")
+        free = f"{np.sqrt(e_free / ref):15.2e}" if name in MIN_SUB_BLOCK else f"{'-':>15s}"
+        print(f"{name:6s} {hd:8d} {k:7d} {f:8.2e} {e:8.2e} {f / e:5.2f}x {refit:6d}/{req:<6d} {free}")
 
 
 def bench_file(model: Path, repeat: int) -> None:
