@@ -438,6 +438,16 @@ inline void pack_2bit(const uint8_t* L, uint8_t* qs) {
             qs[j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
 }
 
+// Q4_K and Q5_K share their scale fields (d, dmin, eight packed 6-bit scale/min pairs); only the levels differ.
+template <typename Block>
+void set_scales_k4(void* b, float d, float dmin, const int* sc, const int* m) {
+    Block* blk = (Block*)b;
+    std::memset(blk->scales, 0, K_SCALE_SIZE);
+    for (int j = 0; j < QK_K / 32; ++j) set_scale_min_k4(j, blk->scales, (uint8_t)sc[j], (uint8_t)m[j]);
+    blk->d = f2h(d);
+    blk->dmin = f2h(dmin);
+}
+
 // Affine sub-blocks of 32 (Q4_K, Q5_K): fit each, then quantize the fits to 6 bits.
 void fit_k4_superblock(const float* x, int nmax, float rmin, int nstep, fp16_t* d_out, fp16_t* dmin_out,
                        uint8_t* scales12, uint8_t* L) {
@@ -650,13 +660,6 @@ bool scale_q4_K(void* b, float s) {
     block_q4_K* blk = (block_q4_K*)b;
     return scale_field(blk->d, s) & scale_field(blk->dmin, s);
 }
-void set_scales_q4_K(void* b, float d, float dmin, const int* sc, const int* m) {
-    block_q4_K* blk = (block_q4_K*)b;
-    std::memset(blk->scales, 0, K_SCALE_SIZE);
-    for (int j = 0; j < QK_K / 32; ++j) set_scale_min_k4(j, blk->scales, (uint8_t)sc[j], (uint8_t)m[j]);
-    blk->d = f2h(d);
-    blk->dmin = f2h(dmin);
-}
 
 // ---------------------------------------------------------------- Q5_K
 
@@ -702,13 +705,6 @@ void quantize_q5_K(const float* x, void* dst, int64_t n) {
 bool scale_q5_K(void* b, float s) {
     block_q5_K* blk = (block_q5_K*)b;
     return scale_field(blk->d, s) & scale_field(blk->dmin, s);
-}
-void set_scales_q5_K(void* b, float d, float dmin, const int* sc, const int* m) {
-    block_q5_K* blk = (block_q5_K*)b;
-    std::memset(blk->scales, 0, K_SCALE_SIZE);
-    for (int j = 0; j < QK_K / 32; ++j) set_scale_min_k4(j, blk->scales, (uint8_t)sc[j], (uint8_t)m[j]);
-    blk->d = f2h(d);
-    blk->dmin = f2h(dmin);
 }
 
 // ---------------------------------------------------------------- Q6_K
@@ -794,8 +790,8 @@ const TypeTraits kTraits[] = {
     TYPE_ROW(Q8_0, "Q8_0", QK8_0, sizeof(block_q8_0), q8_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q8_0),
     TYPE_ROW(Q2_K, "Q2_K", QK_K, sizeof(block_q2_K), q2_K, (ScaleLayout{16, 0, 15, 15}), set_scales_q2_K),
     TYPE_ROW(Q3_K, "Q3_K", QK_K, sizeof(block_q3_K), q3_K, (ScaleLayout{16, -32, 31, 0}), set_scales_q3_K),
-    TYPE_ROW(Q4_K, "Q4_K", QK_K, sizeof(block_q4_K), q4_K, (ScaleLayout{8, 0, 63, 63}), set_scales_q4_K),
-    TYPE_ROW(Q5_K, "Q5_K", QK_K, sizeof(block_q5_K), q5_K, (ScaleLayout{8, 0, 63, 63}), set_scales_q5_K),
+    TYPE_ROW(Q4_K, "Q4_K", QK_K, sizeof(block_q4_K), q4_K, (ScaleLayout{8, 0, 63, 63}), set_scales_k4<block_q4_K>),
+    TYPE_ROW(Q5_K, "Q5_K", QK_K, sizeof(block_q5_K), q5_K, (ScaleLayout{8, 0, 63, 63}), set_scales_k4<block_q5_K>),
     TYPE_ROW(Q6_K, "Q6_K", QK_K, sizeof(block_q6_K), q6_K, (ScaleLayout{16, -128, 127, 0}), set_scales_q6_K),
 };
 

@@ -22,6 +22,9 @@ struct SubFit {
     }
 };
 
+// The integer in [lo, hi] nearest a / d (d != 0).
+inline int multiplier(float a, float d, int lo, int hi) { return std::clamp((int)std::nearbyintf(a / d), lo, hi); }
+
 // Integer multipliers k[j] in [lo, hi] and one fp16 step d with d * k[j] ~ a[j], minimizing
 // sum_j w[j] (d k[j] - a[j])^2. Trial steps: the largest-magnitude target over the top of the range (ggml's
 // choice), and each a[j] divided by the few largest multipliers that keep the largest target in range.
@@ -45,7 +48,7 @@ int fit_step(int n, const float* a, const double* w, int lo, int hi, float* best
         if (d == 0 || !std::isfinite(d)) return;
         double e = 0;
         for (int j = 0; j < n; ++j) {
-            const double r = (double)d * std::clamp((int)std::nearbyintf(a[j] / d), lo, hi) - a[j];
+            const double r = (double)d * multiplier(a[j], d, lo, hi) - a[j];
             e += w[j] * r * r;
         }
         step[n_trials] = d, err[n_trials] = e, order[n_trials] = n_trials;
@@ -64,7 +67,7 @@ int fit_step(int n, const float* a, const double* w, int lo, int hi, float* best
 }
 
 void multipliers(int n, const float* a, float d, int lo, int hi, int* k) {
-    for (int j = 0; j < n; ++j) k[j] = d != 0 ? std::clamp((int)std::nearbyintf(a[j] / d), lo, hi) : std::max(lo, 0);
+    for (int j = 0; j < n; ++j) k[j] = d != 0 ? multiplier(a[j], d, lo, hi) : std::max(lo, 0);
 }
 
 }  // namespace
