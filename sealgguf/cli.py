@@ -124,11 +124,12 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
 def _add_imatrix_arg(p: argparse.ArgumentParser, auto: bool = False) -> None:
     what = ("llama.cpp importance matrix (llama-imatrix's GGUF or legacy .dat; `sealgguf imatrix` writes one): "
             "blocks the fold must requantize are also quantized with ggml's importance-weighted quantizer, as "
-            "llama-quantize --imatrix does, and each keeps the candidate with the lower weighted error")
+            "llama-quantize --imatrix does, and each keeps the candidate with the lower weighted error; when the file "
+            "holds Gram matrices (sealgguf's), each block's error is also carried into the blocks after it")
     if auto:
         p.add_argument("--imatrix", metavar="FILE|auto|none", default="auto",
                        help=what + ". Default auto: when the scales vary inside quant blocks, collect one from "
-                       "16 x 256 essay tokens (as `sealgguf imatrix`; written beside the output); none: plain "
+                       "64 x 256 essay tokens (as `sealgguf imatrix`; written beside the output); none: plain "
                        "requantization")
     else:
         p.add_argument("--imatrix", metavar="FILE", help=what)
@@ -240,10 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Measure the mean square of each attn_output input column over essay text in "
                                    "transformers (the dequantized model) and write it as a llama.cpp GGUF imatrix "
                                    "(what llama-imatrix writes; llama-quantize reads it too). Only attn_output "
-                                   "entries: that is the tensor the fold requantizes.")
+                                   "entries: that is the tensor the fold requantizes. The file also holds each "
+                                   "entry's Gram matrix (mean x x^T, tensors <weight>.in_gram, which llama.cpp "
+                                   "ignores): with it, fold --imatrix carries each requantized block's error into "
+                                   "the blocks after it (GPTQ's update), for a smaller change in the layer's output.")
     p.add_argument("model", help="GGUF file, Hugging Face folder, or bundled name")
     p.add_argument("-o", "--output", required=True, help="imatrix GGUF to write (atomically)")
-    p.add_argument("--windows", type=int, default=16, help="256-token essay windows (default 16)")
+    p.add_argument("--windows", type=int, default=64, help="256-token essay windows (default 64)")
+    p.add_argument("--gram", choices=("auto", "yes", "no"), default="auto",
+                   help="write the Gram matrices (n_layer x n^2 x 4 bytes; auto: when that is at most 1 GiB)")
 
     p = sub.add_parser("heads", help="which attention heads help retrieval and which hurt it: a layer x head map",
                        description="Remove each attention head in turn (its output scaled to 0 before o_proj) and "
@@ -335,8 +341,9 @@ def cmd_fold(args) -> int:
           f"blocks rescaled {res.blocks('blocks_rescaled')}, requantized {res.blocks('blocks_requantized')} "
           f"({res.blocks('blocks_refit')} kept their levels with refit scales), "
           f"unchanged {res.blocks('blocks_unchanged')}"
-          + (f" ({res.blocks('blocks_imatrix')} of the requantized from the imatrix-weighted quantizer)"
-             if args.imatrix else "") + f"; relative RMSE {errs}")
+          + (f" ({res.blocks('blocks_imatrix')} of the requantized from the imatrix-weighted quantizer"
+             + (", with error feedback" if res.blocks("error_feedback") else "") + ")" if args.imatrix else "")
+          + f"; relative RMSE {errs}")
     se = res.self_extend
     if se.active:
         print(f"tuned under Self-Extend: run llama.cpp with {se.llama_cpp_flags()}, sealgguf eval with "
@@ -411,7 +418,8 @@ def cmd_imatrix(args) -> int:
 
     if args.windows < 1:
         raise SealError(f"--windows must be >= 1, got {args.windows}")
-    tokens = collect_to(args.output, resolve(args.model), args.windows, args.progress)
+    gram = {"auto": None, "yes": True, "no": False}[args.gram]
+    tokens = collect_to(args.output, resolve(args.model), args.windows, args.progress, gram)
     print(f"wrote {args.output}: attn_output importance over {tokens} tokens of essay text")
     return 0
 

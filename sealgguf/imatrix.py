@@ -7,6 +7,10 @@ Both of llama.cpp's file forms are read:
 
     GGUF     tensors "<weight>.in_sum2" [n_mat, n] and "<weight>.counts" [n_mat]; importance = in_sum2 / counts
              (1 where a count is 0); keys imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size
+             sealgguf may add "<weight>.in_gram" [n, n]: the sum of x x^T over the same activations (the Gram
+             matrix; its diagonal is in_sum2), divided by the count on read. llama.cpp ignores tensors with
+             other suffixes, so the file stays an imatrix to llama-quantize. sealgguf.fold.weighted uses it to
+             carry each requantized block's error into the columns not yet quantized (error feedback).
     legacy   int32 n_entries, then per entry: int32 name length, name, int32 ncall, int32 n, float32[n] values;
     (.dat)   then optionally int32 chunk count, int32 dataset-name length, dataset name
 
@@ -24,7 +28,7 @@ import numpy as np
 from sealgguf.errors import EnvironmentProblem, SealError
 
 KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE = "imatrix.datasets", "imatrix.chunk_count", "imatrix.chunk_size"
-SUM_SUFFIX, COUNT_SUFFIX = ".in_sum2", ".counts"
+SUM_SUFFIX, COUNT_SUFFIX, GRAM_SUFFIX = ".in_sum2", ".counts", ".in_gram"
 MAX_ENTRIES, MAX_NAME, MAX_VALUES = 1 << 20, 1 << 12, 1 << 26
 
 
@@ -44,13 +48,52 @@ def read_imatrix(path: str | Path) -> dict[str, np.ndarray]:
     return data
 
 
-def _read_gguf(p: Path) -> dict[str, np.ndarray]:
+def read_grams(path: str | Path) -> dict[str, np.ndarray]:
+    """{weight tensor name: mean x x^T [n, n] float32} from a GGUF imatrix's "<weight>.in_gram" tensors; {} for a
+    legacy file or a GGUF without them. Every defect is a one-line SealError."""
+    import gguf
+
+    p = Path(path)
+    with open(p, "rb") as f:
+        if f.read(4) != b"GGUF":
+            return {}
+    importance = read_imatrix(p)
+    reader = _open_gguf(p)
+    counts = {t.name[: -len(COUNT_SUFFIX)]: float(np.asarray(t.data).reshape(-1)[0])
+              for t in reader.tensors if t.name.endswith(COUNT_SUFFIX)}
+    out = {}
+    for t in reader.tensors:
+        if not t.name.endswith(GRAM_SUFFIX):
+            continue
+        name = t.name[: -len(GRAM_SUFFIX)]
+        n = importance[name].size if name in importance else None
+        g = np.asarray(t.data)
+        if n is None:
+            raise SealError(f"{p}: tensor {t.name} has no {name}{SUM_SUFFIX} beside it")
+        if t.tensor_type != gguf.GGMLQuantizationType.F32 or g.size != n * n:
+            raise SealError(f"{p}: tensor {t.name} must be F32 [{n}, {n}] (its entry has {n} columns), got "
+                            f"{t.tensor_type.name} with {g.size} values")
+        g = g.reshape(n, n) / np.float32(max(counts.get(name, 1.0), 1.0))
+        if not np.isfinite(g).all() or not np.allclose(g, g.T, rtol=1e-4, atol=1e-6 * float(np.abs(g).max())):
+            raise SealError(f"{p}: tensor {t.name} is not a finite symmetric matrix")
+        out[name] = g
+    return out
+
+
+def _open_gguf(p: Path):
     import gguf
 
     try:
         reader = gguf.GGUFReader(p)
     except Exception as e:  # gguf-py raises ValueError, struct.error, IndexError on damaged files
         raise SealError(f"{p}: not a readable GGUF imatrix ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return reader
+
+
+def _read_gguf(p: Path) -> dict[str, np.ndarray]:
+    import gguf
+
+    reader = _open_gguf(p)
     for key in (KEY_DATASETS, KEY_CHUNK_COUNT, KEY_CHUNK_SIZE):
         if key not in reader.fields:
             raise SealError(f"{p}: metadata key {key} is missing (not an imatrix written by llama-imatrix?)")
@@ -107,9 +150,10 @@ def _read_legacy(p: Path) -> dict[str, np.ndarray]:
 
 
 def write_imatrix(path: str | Path, importance: dict[str, np.ndarray], counts: dict[str, int], dataset: str,
-                  chunk_size: int, chunk_count: int) -> None:
+                  chunk_size: int, chunk_count: int, grams: dict[str, np.ndarray] | None = None) -> None:
     """Write a GGUF imatrix as llama-imatrix does: in_sum2 = importance x count (count: the tokens an entry saw),
-    so llama-quantize and read_imatrix recover `importance`; chunk_count chunks of chunk_size tokens."""
+    so llama-quantize and read_imatrix recover `importance`; chunk_count chunks of chunk_size tokens. `grams`
+    (mean x x^T per entry) are written as in_gram = gram x count."""
     import gguf
 
     from sealgguf.fsutil import atomic_output
@@ -124,6 +168,8 @@ def write_imatrix(path: str | Path, importance: dict[str, np.ndarray], counts: d
             n = float(counts[name])
             w.add_tensor(name + SUM_SUFFIX, (importance[name].astype(np.float32) * n).reshape(1, -1))
             w.add_tensor(name + COUNT_SUFFIX, np.array([[n]], dtype=np.float32))
+            if grams and name in grams:
+                w.add_tensor(name + GRAM_SUFFIX, (grams[name] * n).astype(np.float32))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -131,18 +177,27 @@ def write_imatrix(path: str | Path, importance: dict[str, np.ndarray], counts: d
 
 
 WINDOW = 256  # tokens per essay window collect() reads
+# Windows collect() reads by default: error feedback with SmolLM2's Gram matrices (576 columns) from 16 windows
+# left a held-out output error 8% above what 64 gave (tools/bench_feedback.py)
+WINDOWS = 64
+AUTO_GRAM_BYTES = 1 << 30  # gram=None collects the Gram matrices when all of them (float32 in the file) fit in this
 
 
-def collect_to(path: str | Path, model_path: str | Path, windows: int = 16, progress: bool = False) -> int:
+def collect_to(path: str | Path, model_path: str | Path, windows: int = WINDOWS, progress: bool = False,
+               gram: bool | None = None) -> int:
     """collect() and write the result as a GGUF imatrix at `path`; returns the token count."""
-    importance, tokens = collect(model_path, windows, progress)
-    write_imatrix(path, importance, {k: tokens for k in importance}, "sealgguf essay windows", WINDOW, windows)
+    importance, tokens, grams = collect(model_path, windows, progress, gram)
+    write_imatrix(path, importance, {k: tokens for k in importance}, "sealgguf essay windows", WINDOW, windows, grams)
     return tokens
 
 
-def collect(model_path: str | Path, windows: int = 16, progress: bool = False) -> tuple[dict[str, np.ndarray], int]:
+def collect(model_path: str | Path, windows: int = WINDOWS, progress: bool = False, gram: bool | None = False
+            ) -> tuple[dict[str, np.ndarray], int, dict[str, np.ndarray] | None]:
     """attn_output's importance (mean square of each input column) over `windows` x WINDOW tokens of essay text, in
-    transformers on the dequantized model: {"blk.N.attn_output.weight": [n_head * head_dim]}, and the token count.
+    transformers on the dequantized model: {"blk.N.attn_output.weight": [n_head * head_dim]}, the token count, and
+    with `gram` the mean x x^T of the same activations ({name: [n, n]}; else None). gram=None: collected when
+    they take at most AUTO_GRAM_BYTES in the file (n_layer x n^2 x 4 bytes: 38 MiB for SmolLM2, 72 MiB for
+    Gemma 3 270M, 2 GiB for an 8B model with 4096 columns).
     The text is the tuner's anchor windows (the start of the corpus); the knowledge check reads the end."""
     import torch
     from tqdm import tqdm
@@ -152,13 +207,19 @@ def collect(model_path: str | Path, windows: int = 16, progress: bool = False) -
 
     lm = load(Path(model_path), "cpu")
     layers = decoder_layers(lm.model)
-    sums = [torch.zeros(layer.self_attn.o_proj.in_features, dtype=torch.float64) for layer in layers]
+    n_in = [layer.self_attn.o_proj.in_features for layer in layers]
+    sums = [torch.zeros(n, dtype=torch.float64) for n in n_in]
+    if gram is None:
+        gram = sum(4 * n * n for n in n_in) <= AUTO_GRAM_BYTES
+    grams = [torch.zeros(n, n, dtype=torch.float64) for n in n_in] if gram else None
     tokens = 0
 
     def hook(i):
         def pre(module, args):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
             sums[i].add_(x.square().sum(0))
+            if grams is not None:
+                grams[i].addmm_(x.T, x)
         return pre
 
     handles = [layer.self_attn.o_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
@@ -171,4 +232,7 @@ def collect(model_path: str | Path, windows: int = 16, progress: bool = False) -
     finally:
         for h in handles:
             h.remove()
-    return {f"blk.{i}.attn_output.weight": (s / tokens).float().numpy() for i, s in enumerate(sums)}, tokens
+    name = "blk.{}.attn_output.weight".format
+    importance = {name(i): (s / tokens).float().numpy() for i, s in enumerate(sums)}
+    return importance, tokens, None if grams is None else {name(i): (g / tokens).numpy() for i, g in enumerate(grams)}
+

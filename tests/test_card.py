@@ -83,6 +83,9 @@ def test_card_names_the_imatrix_and_the_option_that_picked_it():
     card = model_card(doc)
     check_card(card, doc)
     assert "importance matrix sealed.imatrix.gguf: 3001 of them" in card and "--imatrix" not in card
+    assert "error carried" not in card
+    doc["fold"].update(error_feedback=True)
+    assert "each block's error carried into the blocks after it" in model_card(doc)
     doc["fold"].update(imatrix="smol8.imatrix.gguf", imatrix_option="smol8.imatrix.gguf")
     card = model_card(doc)
     check_card(card, doc)

@@ -140,6 +140,7 @@ def test_seal_end_to_end_tiny(tmp_path):
     # SEAL-C varies inside blocks, so --imatrix auto collected one and the weighted quantizer won some blocks
     assert report["fold"]["imatrix"] == "tiny.imatrix.gguf" and (tmp_path / "tiny.imatrix.gguf").exists()
     assert 0 < report["fold"]["blocks_imatrix"] <= report["fold"]["blocks_requantized"]
+    assert report["fold"]["error_feedback"] is True  # the collected imatrix holds the Gram matrices
     from test_card import check_card  # tests/ is on sys.path (conftest)
 
     card = (tmp_path / "README.md").read_text()

@@ -154,9 +154,10 @@ def scaled_weights(original: np.ndarray, plan: FoldPlan) -> np.ndarray:
 
 
 def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int,
-                importance: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+                importance: np.ndarray | None = None, gram: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The engine's fold of one tensor; with `importance` (an imatrix entry), requantized blocks may instead come
-    from ggml's importance-weighted quantizer (sealgguf.fold.weighted)."""
+    from ggml's importance-weighted quantizer, and with `gram` as well (the entry's mean x x^T) with each block's
+    error carried into the next (sealgguf.fold.weighted)."""
     from sealgguf import _core
 
     if not _core.supported(t.type_id):
@@ -171,15 +172,20 @@ def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int,
     kinds = stats.pop("block_kinds")
     stats["type"] = src.type_name(t)
     stats["blocks_imatrix"] = 0
+    stats["error_feedback"] = False
     want = None  # the exactly scaled weights, computed once for the weighted quantizer and the checks
     if importance is not None and stats["blocks_requantized"]:
-        from sealgguf.fold.weighted import weighted_candidate
+        from sealgguf.fold.weighted import feedback_candidate, weighted_candidate
 
         if importance.shape != (n_per_row,):
             raise SealError(f"imatrix entry {t.name} has {importance.size} values, but the tensor has {n_per_row} "
                             "columns (an imatrix of another model?)")
         want = scaled_target(src, t, plan, n_per_row)
-        new, take = weighted_candidate(new, want, t.type_id, importance)
+        if gram is not None:
+            new, take = feedback_candidate(new, want, t.type_id, importance, gram)
+            stats["error_feedback"] = True
+        else:
+            new, take = weighted_candidate(new, want, t.type_id, importance)
         stats["blocks_imatrix"] = int(take.sum())
         stats["blocks_refit"] = int(((kinds == REFIT) & ~take).sum())
     got, want = check_folded(src, t, new, plan, n_per_row, want)
@@ -274,11 +280,11 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
     layout = read_layout(src, model)
     scales = load_scales(scales_path)
     scales.check_layout(layout, str(scales_path))
-    importance = {}
+    importance, grams = {}, {}
     if imatrix is not None:
-        from sealgguf.imatrix import read_imatrix
+        from sealgguf.imatrix import read_grams, read_imatrix
 
-        importance = read_imatrix(imatrix)
+        importance, grams = read_imatrix(imatrix), read_grams(imatrix)
 
     # Fold first: errors surface before anything is written.
     result = FoldResult(out, scales.granularity, layout, scales.form,
@@ -293,7 +299,8 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
             raise SealError(f"{model}: factorized scales need blk.{missing[0]}.attn_v.weight (or attn_qkv.weight), "
                             "which the file does not have")
     for t in tqdm(targets, desc="folding", unit="tensor", disable=not progress, leave=False):
-        folded[t.name], result.tensors[t.name] = fold_tensor(src, t, plans[t.name], threads, importance.get(t.name))
+        folded[t.name], result.tensors[t.name] = fold_tensor(src, t, plans[t.name], threads, importance.get(t.name),
+                                                             grams.get(t.name))
 
     V = gguf.GGUFValueType
     rope = RopeScaling.from_json(scales.metadata.get("rope_scaling"), str(scales_path))
@@ -317,6 +324,7 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
     if imatrix is not None:
         new_keys["seal.fold.imatrix"] = (Path(imatrix).name, V.STRING)
         new_keys["seal.fold.blocks_imatrix"] = (result.blocks("blocks_imatrix"), V.UINT64)
+        new_keys["seal.fold.error_feedback"] = (result.blocks("error_feedback") > 0, V.BOOL)
     if measure_kl:  # placeholders: measured on the written file, then written in place
         new_keys.update({f"seal.fold.{k}": (0.0, V.FLOAT32) for k in MEASURED_KL})
 

@@ -117,7 +117,10 @@ def model_card(report: dict) -> str:
                                 f"(llama.cpp's floor for any change: {fold['kl_floor']:.5f})."
                                 if "kl_exact" in fold else "")
                   + (f" Requantized blocks were weighted by the importance matrix {fold['imatrix']}: "
-                     f"{fold['blocks_imatrix']} of them came from ggml's weighted quantizer." if fold.get("imatrix")
+                     f"{fold['blocks_imatrix']} of them came from ggml's weighted quantizer"
+                     + (", each block's error carried into the blocks after it (its Gram matrices)."
+                        if fold.get("error_feedback") else ".")
+                     if fold.get("imatrix")
                      else ""), ""]
     se = SelfExtend.from_json(t.get("self_extend"))
     grouped = f" {se.llama_cpp_flags()}" if se.active else ""
