@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="imatrix GGUF to write (atomically)")
     p.add_argument("--windows", type=int, default=64, help="256-token essay windows (default 64)")
     p.add_argument("--gram", choices=("auto", "yes", "no"), default="auto",
-                   help="write the Gram matrices (n_layer x n^2 x 4 bytes; auto: when that is at most 1 GiB)")
+                   help="write the Gram matrices (n_layer x n^2 x 4 bytes; auto: when that is at most 4 GiB)")
 
     p = sub.add_parser("heads", help="which attention heads help retrieval and which hurt it: a layer x head map",
                        description="Remove each attention head in turn (its output scaled to 0 before o_proj) and "

@@ -8,7 +8,7 @@ Both of llama.cpp's file forms are read:
     GGUF     tensors "<weight>.in_sum2" [n_mat, n] and "<weight>.counts" [n_mat]; importance = in_sum2 / counts
              (1 where a count is 0); keys imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size
              sealgguf may add "<weight>.in_gram" [n, n]: the sum of x x^T over the same activations (the Gram
-             matrix; its diagonal is in_sum2), divided by the count on read. llama.cpp ignores tensors with
+             matrix; its diagonal is in_sum2). llama.cpp ignores tensors with
              other suffixes, so the file stays an imatrix to llama-quantize. sealgguf.fold.weighted uses it to
              carry each requantized block's error into the columns not yet quantized (error feedback).
     legacy   int32 n_entries, then per entry: int32 name length, name, int32 ncall, int32 n, float32[n] values;
@@ -49,8 +49,10 @@ def read_imatrix(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def read_grams(path: str | Path) -> dict[str, np.ndarray]:
-    """{weight tensor name: mean x x^T [n, n] float32} from a GGUF imatrix's "<weight>.in_gram" tensors; {} for a
-    legacy file or a GGUF without them. Every defect is a one-line SealError."""
+    """{weight tensor name: sum of x x^T [n, n]} from a GGUF imatrix's "<weight>.in_gram" tensors, as stored: read-only
+    views of the file (an 8B model's take 2 GiB), not copies; divide by the entry's count for the mean (the fold's
+    error feedback does not depend on the scale). {} for a legacy file or a GGUF without them. Every defect is
+    a one-line SealError."""
     import gguf
 
     p = Path(path)
@@ -58,23 +60,20 @@ def read_grams(path: str | Path) -> dict[str, np.ndarray]:
         if f.read(4) != b"GGUF":
             return {}
     importance = read_imatrix(p)
-    reader = _open_gguf(p)
-    counts = {t.name[: -len(COUNT_SUFFIX)]: float(np.asarray(t.data).reshape(-1)[0])
-              for t in reader.tensors if t.name.endswith(COUNT_SUFFIX)}
     out = {}
-    for t in reader.tensors:
+    for t in _open_gguf(p).tensors:
         if not t.name.endswith(GRAM_SUFFIX):
             continue
         name = t.name[: -len(GRAM_SUFFIX)]
-        n = importance[name].size if name in importance else None
-        g = np.asarray(t.data)
-        if n is None:
+        if name not in importance:
             raise SealError(f"{p}: tensor {t.name} has no {name}{SUM_SUFFIX} beside it")
+        n, g = importance[name].size, t.data
         if t.tensor_type != gguf.GGMLQuantizationType.F32 or g.size != n * n:
             raise SealError(f"{p}: tensor {t.name} must be F32 [{n}, {n}] (its entry has {n} columns), got "
                             f"{t.tensor_type.name} with {g.size} values")
-        g = g.reshape(n, n) / np.float32(max(counts.get(name, 1.0), 1.0))
-        if not np.isfinite(g).all() or not np.allclose(g, g.T, rtol=1e-4, atol=1e-6 * float(np.abs(g).max())):
+        g = g.reshape(n, n)
+        scale = float(np.abs(g).max()) if g.size else 0.0
+        if not np.isfinite(scale) or not np.allclose(g, g.T, rtol=1e-4, atol=1e-6 * scale):
             raise SealError(f"{p}: tensor {t.name} is not a finite symmetric matrix")
         out[name] = g
     return out
@@ -180,7 +179,7 @@ WINDOW = 256  # tokens per essay window collect() reads
 # Windows collect() reads by default: error feedback with SmolLM2's Gram matrices (576 columns) from 16 windows
 # left a held-out output error 8% above what 64 gave (tools/bench_feedback.py)
 WINDOWS = 64
-AUTO_GRAM_BYTES = 1 << 30  # gram=None collects the Gram matrices when all of them (float32 in the file) fit in this
+AUTO_GRAM_BYTES = 4 << 30  # gram=None collects the Gram matrices when all of them (float32 in the file) fit in this
 
 
 def collect_to(path: str | Path, model_path: str | Path, windows: int = WINDOWS, progress: bool = False,
@@ -197,7 +196,7 @@ def collect(model_path: str | Path, windows: int = WINDOWS, progress: bool = Fal
     transformers on the dequantized model: {"blk.N.attn_output.weight": [n_head * head_dim]}, the token count, and
     with `gram` the mean x x^T of the same activations ({name: [n, n]}; else None). gram=None: collected when
     they take at most AUTO_GRAM_BYTES in the file (n_layer x n^2 x 4 bytes: 38 MiB for SmolLM2, 72 MiB for
-    Gemma 3 270M, 2 GiB for an 8B model with 4096 columns).
+    Gemma 3 270M, 2 GiB for an 8B model with 4096 columns, 3.9 GiB for a 13B one, 20 GiB for a 70B one).
     The text is the tuner's anchor windows (the start of the corpus); the knowledge check reads the end."""
     import torch
     from tqdm import tqdm

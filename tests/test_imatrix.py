@@ -155,7 +155,7 @@ def test_grams_read_back_beside_the_importance(tmp_path):
     g = _gram(_activations(64)(np.random.default_rng(4), 500))
     name = "blk.0.attn_output.weight"
     write_imatrix(tmp_path / "m.gguf", {name: np.diag(g).astype(np.float32)}, {name: 40}, "essays", 256, 1, {name: g})
-    np.testing.assert_allclose(read_grams(tmp_path / "m.gguf")[name], g, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(read_grams(tmp_path / "m.gguf")[name] / 40, g, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(read_imatrix(tmp_path / "m.gguf")[name], np.diag(g), rtol=1e-5)
     write_imatrix(tmp_path / "n.gguf", {name: np.diag(g).astype(np.float32)}, {name: 40}, "essays", 256, 1)
     assert read_grams(tmp_path / "n.gguf") == {}

@@ -8,7 +8,8 @@ the error is measured on activations from the knowledge check's text (the end of
 sum over layers of |(W_sealed - W_exact) x|^2 / |W_exact x|^2, where W_exact is the tensor with the scales
 applied exactly. The square root is printed: a relative output error.
 
-    .venv/bin/python tools/bench_feedback.py [--model smollm2] [--scales FILE] [--windows 16,64]
+    .venv/bin/python tools/bench_feedback.py [--model smollm2] [--scales FILE|none] [--windows 16,64]
+        [--head-dims 64,128 --head-scales FILE]   (per-head scales on K-quant layouts, as bench_fold's second table)
 """
 
 from __future__ import annotations
@@ -52,44 +53,28 @@ def held_out_grams(model: Path, windows: int, window: int) -> dict[str, np.ndarr
     return {f"blk.{i}.attn_output.weight": g.numpy() for i, g in enumerate(grams)}
 
 
-def main() -> None:
+def measure(src, tensors, cols_of, test, calib) -> tuple[dict[str, float], dict[str, float]]:
+    """Squared output error on the held-out Gram matrices per fold (relative to the exact layer's output), and
+    seconds, summed over `tensors`; cols_of(t) gives the column scales of tensor t."""
     from sealgguf import _core
-    from sealgguf.fold.rewrite import plan_tensor, scaled_target
     from sealgguf.fold.weighted import feedback_candidate, weighted_candidate
-    from sealgguf.gguf_file import ATTN_OUTPUT, GGUFFile, read_layout
-    from sealgguf.imatrix import collect
-    from sealgguf.models import resolve
-    from sealgguf.scales import load as load_scales
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--scales", default=DEFAULT_SCALES)
-    ap.add_argument("--windows", default="16,64", help="imatrix sizes to compare (256-token windows)")
-    args = ap.parse_args()
-    model = resolve(args.model)
-    src = GGUFFile(model)
-    layout = read_layout(src, model)
-    scales = load_scales(args.scales)
-    scales.check_layout(layout, args.scales)
-    test = held_out_grams(model, 8, 512)
-    sizes = [int(w) for w in args.windows.split(",")]
-    calib = {w: collect(model, w, gram=True) for w in sizes}
-
-    tensors = [t for t in src.tensors if ATTN_OUTPUT.match(t.name)]
     err: dict[str, float] = {}
     secs: dict[str, float] = {}
     ref = 0.0
     for t in tensors:
         n = int(t.shape[0])
-        plan = plan_tensor(t, scales, layout)
-        want = scaled_target(src, t, plan, n)
+        cols = cols_of(t)
+        raw = src.tensor_data(t)
+        want = _core.dequantize(raw, t.type_id, n) * cols[None, :]
         h = test[t.name]
         ref += float(np.einsum("ij,jk,ik->", want, h, want))
         start = time.perf_counter()
-        engine, _ = _core.fold(src.tensor_data(t), t.type_id, n, plan.cols, 0, plan.rows)
-        runs = {"engine": (engine, time.perf_counter() - start)}
-        for w in sizes:
-            importance, _, grams = calib[w]
+        runs = {"fresh quantization (ggml reference)": (_core.quantize(want, t.type_id), time.perf_counter() - start)}
+        start = time.perf_counter()
+        engine, _ = _core.fold(raw, t.type_id, n, cols, 0, None)
+        runs["engine (fresh or refit per block)"] = (engine, time.perf_counter() - start)
+        for w, (importance, _, grams) in calib.items():
             start = time.perf_counter()
             runs[f"imatrix, {w} windows"] = (weighted_candidate(engine, want, t.type_id, importance[t.name])[0],
                                              time.perf_counter() - start)
@@ -97,15 +82,62 @@ def main() -> None:
             runs[f"imatrix + error feedback, {w} windows"] = (
                 feedback_candidate(engine, want, t.type_id, importance[t.name], grams[t.name])[0],
                 time.perf_counter() - start)
-        for name, (raw, s) in runs.items():
-            e = (_core.dequantize(raw.reshape(-1), t.type_id, n) - want).astype(np.float64)
+        for name, (out, s) in runs.items():
+            e = (_core.dequantize(out.reshape(-1), t.type_id, n) - want).astype(np.float64)
             err[name] = err.get(name, 0.0) + float(np.einsum("ij,jk,ik->", e, h, e))
             secs[name] = secs.get(name, 0.0) + s
-    print(f"{model.name}, {Path(args.scales).name}: {len(tensors)} attn_output tensors, held-out text 8 x 512 tokens")
-    print("| fold | relative output error | squared, against the engine's | s (all tensors) |")
+    return {k: v / ref for k, v in err.items()}, secs
+
+
+def table(err: dict[str, float], secs: dict[str, float]) -> None:
+    base = err["fresh quantization (ggml reference)"]
+    print("| fold | relative output error | squared, against a fresh quantization's | s (all tensors) |")
     print("|---|---|---|---|")
     for name in err:
-        print(f"| {name} | {np.sqrt(err[name] / ref):.4f} | {err[name] / err['engine']:.2f} | {secs[name]:.2f} |")
+        print(f"| {name} | {np.sqrt(err[name]):.4f} | {err[name] / base:.2f} | {secs[name]:.2f} |")
+
+
+def main() -> None:
+    from sealgguf.gguf_file import ATTN_OUTPUT, GGUFFile, read_layout
+    from sealgguf.imatrix import collect
+    from sealgguf.models import resolve
+    from sealgguf.scales import load as load_scales
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--scales", default=DEFAULT_SCALES, help="scales file to fold ('none': skip this table)")
+    ap.add_argument("--windows", default="16,64", help="imatrix sizes to compare (256-token windows)")
+    ap.add_argument("--head-dims", default="", help="also fold per-head scales on K-quant tensors treated as heads "
+                    "of these sizes (e.g. 64,128 on gemma3), drawn from --head-scales as tools/bench_fold.py does")
+    ap.add_argument("--head-scales", default=None, help="a learned per-head scales file to draw from "
+                    "(uniform 0.5-1.5 without one)")
+    args = ap.parse_args()
+    model = resolve(args.model)
+    src = GGUFFile(model)
+    layout = read_layout(src, model)
+    test = held_out_grams(model, 8, 512)
+    calib = {int(w): collect(model, int(w), gram=True) for w in args.windows.split(",")}
+    tensors = [t for t in src.tensors if ATTN_OUTPUT.match(t.name)]
+    print(f"{model.name}: {len(tensors)} attn_output tensors, held-out text 8 x 512 tokens")
+    if args.scales != "none":
+        scales = load_scales(args.scales)
+        scales.check_layout(layout, args.scales)
+        print(f"\n{Path(args.scales).name}")
+        table(*measure(src, tensors, lambda t: scales.column_scales(int(t.name.split(".")[1]), layout.head_dim),
+                       test, calib))
+    pool = load_scales(args.head_scales).values.reshape(-1) if args.head_scales else None
+    for hd in [int(d) for d in args.head_dims.split(",") if d]:
+        rng = np.random.default_rng(0)
+
+        def per_head(t, hd=hd, rng=rng):
+            n = int(t.shape[0])
+            heads = pool[rng.integers(0, pool.size, n // hd)] if pool is not None else rng.uniform(0.5, 1.5, n // hd)
+            return np.repeat(heads, hd).astype(np.float32)
+
+        kquant = [t for t in tensors if src.type_name(t).endswith("_K")]
+        print(f"\nper-head scales on {len(kquant)} K-quant tensors as heads of {hd}, drawn from "
+              + (Path(args.head_scales).name if pool is not None else "uniform 0.5-1.5"))
+        table(*measure(src, kquant, per_head, test, calib))
 
 
 if __name__ == "__main__":

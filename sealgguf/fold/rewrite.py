@@ -156,7 +156,7 @@ def scaled_weights(original: np.ndarray, plan: FoldPlan) -> np.ndarray:
 def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int,
                 importance: np.ndarray | None = None, gram: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """The engine's fold of one tensor; with `importance` (an imatrix entry), requantized blocks may instead come
-    from ggml's importance-weighted quantizer, and with `gram` as well (the entry's mean x x^T) with each block's
+    from ggml's importance-weighted quantizer, and with `gram` as well (the entry's x x^T) with each block's
     error carried into the next (sealgguf.fold.weighted)."""
     from sealgguf import _core
 
