@@ -419,8 +419,9 @@ def cmd_imatrix(args) -> int:
     if args.windows < 1:
         raise SealError(f"--windows must be >= 1, got {args.windows}")
     gram = {"auto": None, "yes": True, "no": False}[args.gram]
-    tokens = collect_to(args.output, resolve(args.model), args.windows, args.progress, gram)
-    print(f"wrote {args.output}: attn_output importance over {tokens} tokens of essay text")
+    tokens, with_gram = collect_to(args.output, resolve(args.model), args.windows, args.progress, gram)
+    print(f"wrote {args.output}: attn_output importance" + (" and Gram matrices" if with_gram else "")
+          + f" over {tokens} tokens of essay text")
     return 0
 
 

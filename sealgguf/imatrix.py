@@ -183,11 +183,12 @@ AUTO_GRAM_BYTES = 4 << 30  # gram=None collects the Gram matrices when all of th
 
 
 def collect_to(path: str | Path, model_path: str | Path, windows: int = WINDOWS, progress: bool = False,
-               gram: bool | None = None) -> int:
-    """collect() and write the result as a GGUF imatrix at `path`; returns the token count."""
+               gram: bool | None = None) -> tuple[int, bool]:
+    """collect() and write the result as a GGUF imatrix at `path`; returns the token count and whether the Gram
+    matrices were written."""
     importance, tokens, grams = collect(model_path, windows, progress, gram)
     write_imatrix(path, importance, {k: tokens for k in importance}, "sealgguf essay windows", WINDOW, windows, grams)
-    return tokens
+    return tokens, grams is not None
 
 
 def collect(model_path: str | Path, windows: int = WINDOWS, progress: bool = False, gram: bool | None = False

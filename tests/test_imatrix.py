@@ -240,3 +240,16 @@ def test_fold_with_grams_carries_the_error_and_says_so(smollm2, tmp_path):
         for i, (f, t) in enumerate(((a, ta), (b, tb))):
             errs[i] += float(np.square(x @ (_core.dequantize(f.tensor_data(t), t.type_id, n) - target).T).sum())
     assert errs[1] < 0.8 * errs[0]
+
+
+def test_imatrix_command_writes_the_gram_matrices_unless_told_not_to(smollm2, tmp_path, capsys):
+    from sealgguf.cli import main
+
+    assert main(["imatrix", str(smollm2), "-o", str(tmp_path / "g.gguf"), "--windows", "1"]) == 0
+    assert "importance and Gram matrices over 256 tokens" in capsys.readouterr().out
+    grams, importance = read_grams(tmp_path / "g.gguf"), read_imatrix(tmp_path / "g.gguf")
+    assert grams.keys() == importance.keys() and len(grams) == 30
+    for name, g in grams.items():  # the diagonal of x x^T summed is in_sum2 = importance x count
+        np.testing.assert_allclose(np.diag(g) / 256, importance[name], rtol=1e-4, atol=1e-7)
+    assert main(["imatrix", str(smollm2), "-o", str(tmp_path / "d.gguf"), "--windows", "1", "--gram", "no"]) == 0
+    assert read_grams(tmp_path / "d.gguf") == {} and read_imatrix(tmp_path / "d.gguf").keys() == importance.keys()
