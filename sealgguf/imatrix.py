@@ -8,9 +8,9 @@ Both of llama.cpp's file forms are read:
     GGUF     tensors "<weight>.in_sum2" [n_mat, n] and "<weight>.counts" [n_mat]; importance = in_sum2 / counts
              (1 where a count is 0); keys imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size
              sealgguf may add "<weight>.in_gram" [n, n]: the sum of x x^T over the same activations (the Gram
-             matrix; its diagonal is in_sum2). llama.cpp ignores tensors with
-             other suffixes, so the file stays an imatrix to llama-quantize. sealgguf.fold.weighted uses it to
-             carry each requantized block's error into the columns not yet quantized (error feedback).
+             matrix; its diagonal is in_sum2). llama.cpp ignores tensors with other suffixes, so the file
+             stays an imatrix to llama-quantize. sealgguf.fold.weighted uses it to carry each requantized
+             block's error into the columns not yet quantized (error feedback).
     legacy   int32 n_entries, then per entry: int32 name length, name, int32 ncall, int32 n, float32[n] values;
     (.dat)   then optionally int32 chunk count, int32 dataset-name length, dataset name
 
@@ -49,10 +49,10 @@ def read_imatrix(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def read_grams(path: str | Path) -> dict[str, np.ndarray]:
-    """{weight tensor name: sum of x x^T [n, n]} from a GGUF imatrix's "<weight>.in_gram" tensors, as stored: read-only
-    views of the file (an 8B model's take 2 GiB), not copies; divide by the entry's count for the mean (the fold's
-    error feedback does not depend on the scale). {} for a legacy file or a GGUF without them. Every defect is
-    a one-line SealError."""
+    """{weight tensor name: sum of x x^T [n, n]} from a GGUF imatrix's "<weight>.in_gram" tensors, as stored:
+    read-only views of the file (an 8B model's take 2 GiB), not copies; divide by the entry's count for the mean
+    (the fold's error feedback does not depend on the scale). {} for a legacy file or a GGUF without them.
+    Every defect is a one-line SealError."""
     import gguf
 
     p = Path(path)

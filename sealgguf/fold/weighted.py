@@ -40,11 +40,12 @@ def feedback_candidate(engine: np.ndarray, target: np.ndarray, type_id: int, imp
                        gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Requantize `target` [rows, n] one column block at a time, carrying each block's rounding error into the
     columns not yet quantized so that the layer's output on activations with Gram matrix `gram` ([n, n], x x^T
-    summed or averaged: the update does not depend on its scale) stays close to target @ x: the block form of GPTQ's update (Frantar et al., 2023), with the
-    block's error E taking the rest to W_rest - E U_bb^-1 U_b,rest, U the upper Cholesky factor of gram^-1.
-    Each block is the engine's (fresh or refit, from `engine`) or ggml's importance-weighted quantization of
-    the updated columns, whichever has the lower weighted error against them. Returns the raw tensor and
-    which blocks came from the weighted quantizer ([rows, blocks], bool)."""
+    summed or averaged: the update does not depend on its scale) stays close to target @ x. This is the block
+    form of GPTQ's update (Frantar et al., 2023): the block's error E takes the rest to
+    W_rest - E U_bb^-1 U_b,rest, U the upper Cholesky factor of gram^-1. Each block is the engine's (fresh or
+    refit, from `engine`) or ggml's importance-weighted quantization of the updated columns, whichever has the
+    lower weighted error against them. Returns the raw tensor and which blocks came from the weighted
+    quantizer ([rows, blocks], bool)."""
     import gguf
 
     from sealgguf import _core, ggml
