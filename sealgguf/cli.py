@@ -342,7 +342,7 @@ def cmd_fold(args) -> int:
           f"({res.blocks('blocks_refit')} kept their levels with refit scales), "
           f"unchanged {res.blocks('blocks_unchanged')}"
           + (f" ({res.blocks('blocks_imatrix')} of the requantized from the imatrix-weighted quantizer"
-             + (", with error feedback" if res.blocks("error_feedback") else "") + ")" if args.imatrix else "")
+             + (", with error feedback" if res.error_feedback else "") + ")" if args.imatrix else "")
           + f"; relative RMSE {errs}")
     se = res.self_extend
     if se.active:

@@ -199,14 +199,22 @@ def collect(model_path: str | Path, windows: int = WINDOWS, progress: bool = Fal
     they take at most AUTO_GRAM_BYTES in the file (n_layer x n^2 x 4 bytes: 38 MiB for SmolLM2, 72 MiB for
     Gemma 3 270M, 2 GiB for an 8B model with 4096 columns, 3.9 GiB for a 13B one, 20 GiB for a 70B one).
     The text is the tuner's anchor windows (the start of the corpus); the knowledge check reads the end."""
+    from sealgguf.tune.data import anchor_windows
+    from sealgguf.tune.model import load
+
+    lm = load(Path(model_path), "cpu")
+    return measure(lm.model, anchor_windows(lm.encoder, windows, WINDOW), progress, gram)
+
+
+def measure(model, windows_ids: list, progress: bool = False, gram: bool | None = False
+            ) -> tuple[dict[str, np.ndarray], int, dict[str, np.ndarray] | None]:
+    """collect()'s measurement on a loaded transformers model over the given token windows (1-D tensors)."""
     import torch
     from tqdm import tqdm
 
-    from sealgguf.tune.data import anchor_windows
-    from sealgguf.tune.model import decoder_layers, load
+    from sealgguf.tune.model import decoder_layers
 
-    lm = load(Path(model_path), "cpu")
-    layers = decoder_layers(lm.model)
+    layers = decoder_layers(model)
     n_in = [layer.self_attn.o_proj.in_features for layer in layers]
     sums = [torch.zeros(n, dtype=torch.float64) for n in n_in]
     if gram is None:
@@ -225,9 +233,8 @@ def collect(model_path: str | Path, windows: int = WINDOWS, progress: bool = Fal
     handles = [layer.self_attn.o_proj.register_forward_pre_hook(hook(i)) for i, layer in enumerate(layers)]
     try:
         with torch.no_grad():
-            windows_ids = anchor_windows(lm.encoder, windows, WINDOW)
             for ids in tqdm(windows_ids, desc="imatrix", unit="window", disable=not progress):
-                lm.model(input_ids=ids[None], use_cache=False)
+                model(input_ids=ids[None], use_cache=False)
                 tokens += ids.numel()
     finally:
         for h in handles:
@@ -235,4 +242,3 @@ def collect(model_path: str | Path, windows: int = WINDOWS, progress: bool = Fal
     name = "blk.{}.attn_output.weight".format
     importance = {name(i): (s / tokens).float().numpy() for i, s in enumerate(sums)}
     return importance, tokens, None if grams is None else {name(i): (g / tokens).numpy() for i, g in enumerate(grams)}
-

@@ -130,7 +130,7 @@ def seal(opt: SealOptions) -> dict:
                       "blocks_requantized": folded.blocks("blocks_requantized"),
                       "blocks_refit": folded.blocks("blocks_refit"), "form": folded.form,
                       "imatrix": imatrix.name if imatrix else None, "blocks_imatrix": folded.blocks("blocks_imatrix"),
-                      "error_feedback": folded.blocks("error_feedback") > 0,
+                      "error_feedback": folded.error_feedback,
                       "imatrix_option": Path(opt.imatrix).name if opt.imatrix else "none",
                       **(folded.kl or {})}
     header = (f"# sealgguf report: {model_path.name} -> {opt.out.name}\n\n"

@@ -61,16 +61,23 @@ def test_a_gguf_without_imatrix_keys_is_refused(smollm2):
         read_imatrix(smollm2)
 
 
+def _channel_scales(model, tmp_path, seed: int):
+    """Random SEAL-C scales for `model` (they vary inside every block), saved as tmp_path/s.safetensors; returns the
+    opened model, its layout, the scales and the generator that drew them."""
+    src = open_gguf(model)
+    layout = read_layout(src, model)
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(0.6, 1.4, (layout.n_layer, layout.n_head, layout.head_dim)).astype(np.float32)
+    scales.save(tmp_path / "s.safetensors", values, {"task": "test"})
+    return src, layout, values, rng
+
+
 def test_weighted_fold_is_never_worse_and_better_where_it_counts(smollm2, tmp_path):
     """SEAL-C scales that vary inside every block force requantization. With an importance matrix that puts the
     weight on a few columns, the fold's blocks are at least as close to the scaled weights under that weighting
     (block by block), closer in total, and some come from ggml's weighted quantizer; everything else is
     identical to the plain fold."""
-    src = open_gguf(smollm2)
-    layout = read_layout(src, smollm2)
-    rng = np.random.default_rng(1)
-    values = rng.uniform(0.6, 1.4, (layout.n_layer, layout.n_head, layout.head_dim)).astype(np.float32)
-    scales.save(tmp_path / "s.safetensors", values, {"task": "test"})
+    src, layout, values, rng = _channel_scales(smollm2, tmp_path, 1)
     n = layout.n_head * layout.head_dim
     importance = {f"blk.{i}.attn_output.weight": np.where(rng.random(n) < 0.1, 50.0, 0.1).astype(np.float32)
                   for i in range(layout.n_layer)}
@@ -99,10 +106,7 @@ def test_weighted_fold_is_never_worse_and_better_where_it_counts(smollm2, tmp_pa
 
 
 def test_an_imatrix_of_another_shape_is_refused(smollm2, tmp_path):
-    src = open_gguf(smollm2)
-    layout = read_layout(src, smollm2)
-    values = np.random.default_rng(2).uniform(0.6, 1.4, (layout.n_layer, layout.n_head, layout.head_dim))
-    scales.save(tmp_path / "s.safetensors", values.astype(np.float32), {"task": "test"})
+    _channel_scales(smollm2, tmp_path, 2)
     write_imatrix(tmp_path / "i.gguf", {"blk.0.attn_output.weight": np.ones(100, np.float32)}, {"blk.0.attn_output.weight": 1},
                   "test", 256, 1)
     with pytest.raises(SealError, match="imatrix entry blk.0.attn_output.weight has 100 values, but the tensor has 576"):
@@ -214,18 +218,14 @@ def test_fold_with_grams_carries_the_error_and_says_so(smollm2, tmp_path):
     """An imatrix with Gram matrices folds with error feedback: seal.fold.error_feedback says so, the layer outputs
     on new activations from the same source move less than with the importance alone, and the rest of the
     file is untouched."""
-    src = open_gguf(smollm2)
-    layout = read_layout(src, smollm2)
-    rng = np.random.default_rng(8)
-    values = rng.uniform(0.6, 1.4, (layout.n_layer, layout.n_head, layout.head_dim)).astype(np.float32)
-    scales.save(tmp_path / "s.safetensors", values, {"task": "test"})
+    src, layout, values, rng = _channel_scales(smollm2, tmp_path, 8)
     n = layout.n_head * layout.head_dim
     draw = _activations(n, seed=9)
     grams = {f"blk.{i}.attn_output.weight": _gram(draw(rng, 2000)) for i in range(layout.n_layer)}
     importance = {k: np.diag(g).astype(np.float32) for k, g in grams.items()}
     write_imatrix(tmp_path / "d.gguf", importance, {k: 2000 for k in grams}, "test", 256, 8)
     write_imatrix(tmp_path / "g.gguf", importance, {k: 2000 for k in grams}, "test", 256, 8, grams)
-    diag = fold_file(smollm2, tmp_path / "s.safetensors", tmp_path / "d.out.gguf", imatrix=tmp_path / "d.gguf")
+    fold_file(smollm2, tmp_path / "s.safetensors", tmp_path / "d.out.gguf", imatrix=tmp_path / "d.gguf")
     full = fold_file(smollm2, tmp_path / "s.safetensors", tmp_path / "g.out.gguf", imatrix=tmp_path / "g.gguf")
     a, b = open_gguf(tmp_path / "d.out.gguf"), open_gguf(tmp_path / "g.out.gguf")
     assert b.get("seal.fold.error_feedback") is True and a.get("seal.fold.error_feedback") is False

@@ -23,37 +23,19 @@ import numpy as np
 DEFAULT_SCALES = "runs/reproduce/tune/smollm2-lines1024-C-lr0.02-keep10-s50.scales.safetensors"
 
 
-def held_out_grams(model: Path, windows: int, window: int) -> dict[str, np.ndarray]:
-    """Mean x x^T of attn_output's input over `windows` x `window` tokens of the knowledge check's text."""
+def knowledge_windows(encoder, windows: int, window: int) -> list:
+    """`windows` x `window` tokens of the knowledge check's text (the end of the corpus), each led by BOS."""
     import torch
 
     from sealgguf.eval.knowledge import knowledge_text
-    from sealgguf.tune.model import decoder_layers, load
 
-    lm = load(model, "cpu")
-    layers = decoder_layers(lm.model)
-    grams = [torch.zeros(l.self_attn.o_proj.in_features, l.self_attn.o_proj.in_features, dtype=torch.float64)
-             for l in layers]
-
-    def hook(i):
-        def pre(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
-            grams[i].addmm_(x.T, x)
-        return pre
-
-    handles = [l.self_attn.o_proj.register_forward_pre_hook(hook(i)) for i, l in enumerate(layers)]
-    bos = [lm.encoder.bos_id] if lm.encoder.bos_id is not None else []
-    ids = lm.encoder.encode(knowledge_text())
+    bos = [encoder.bos_id] if encoder.bos_id is not None else []
+    ids = encoder.encode(knowledge_text())
     width = window - len(bos)
-    with torch.no_grad():
-        for w in range(windows):
-            lm.model(input_ids=torch.tensor([bos + ids[w * width:(w + 1) * width]]), use_cache=False)
-    for h in handles:
-        h.remove()
-    return {f"blk.{i}.attn_output.weight": g.numpy() for i, g in enumerate(grams)}
+    return [torch.tensor(bos + ids[w * width:(w + 1) * width]) for w in range(windows)]
 
 
-def measure(src, tensors, cols_of, test, calib) -> tuple[dict[str, float], dict[str, float]]:
+def fold_errors(src, tensors, cols_of, test, calib) -> tuple[dict[str, float], dict[str, float]]:
     """Squared output error on the held-out Gram matrices per fold (relative to the exact layer's output), and
     seconds, summed over `tensors`; cols_of(t) gives the column scales of tensor t."""
     from sealgguf import _core
@@ -99,9 +81,11 @@ def table(err: dict[str, float], secs: dict[str, float]) -> None:
 
 def main() -> None:
     from sealgguf.gguf_file import ATTN_OUTPUT, GGUFFile, read_layout
-    from sealgguf.imatrix import collect
+    from sealgguf.imatrix import WINDOW, measure
     from sealgguf.models import resolve
     from sealgguf.scales import load as load_scales
+    from sealgguf.tune.data import anchor_windows
+    from sealgguf.tune.model import load
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2")
@@ -115,15 +99,18 @@ def main() -> None:
     model = resolve(args.model)
     src = GGUFFile(model)
     layout = read_layout(src, model)
-    test = held_out_grams(model, 8, 512)
-    calib = {int(w): collect(model, int(w), gram=True) for w in args.windows.split(",")}
+    lm = load(model, "cpu")  # one load: the held-out text and each imatrix, as `sealgguf imatrix` collects it
+    test = measure(lm.model, knowledge_windows(lm.encoder, 8, 512), gram=True)[2]
+    calib = {int(w): measure(lm.model, anchor_windows(lm.encoder, int(w), WINDOW), gram=True)
+             for w in args.windows.split(",")}
+    del lm
     tensors = [t for t in src.tensors if ATTN_OUTPUT.match(t.name)]
     print(f"{model.name}: {len(tensors)} attn_output tensors, held-out text 8 x 512 tokens")
     if args.scales != "none":
         scales = load_scales(args.scales)
         scales.check_layout(layout, args.scales)
         print(f"\n{Path(args.scales).name}")
-        table(*measure(src, tensors, lambda t: scales.column_scales(int(t.name.split(".")[1]), layout.head_dim),
+        table(*fold_errors(src, tensors, lambda t: scales.column_scales(int(t.name.split(".")[1]), layout.head_dim),
                        test, calib))
     pool = load_scales(args.head_scales).values.reshape(-1) if args.head_scales else None
     for hd in [int(d) for d in args.head_dims.split(",") if d]:
@@ -137,7 +124,7 @@ def main() -> None:
         kquant = [t for t in tensors if src.type_name(t).endswith("_K")]
         print(f"\nper-head scales on {len(kquant)} K-quant tensors as heads of {hd}, drawn from "
               + (Path(args.head_scales).name if pool is not None else "uniform 0.5-1.5"))
-        table(*measure(src, kquant, per_head, test, calib))
+        table(*fold_errors(src, kquant, per_head, test, calib))
 
 
 if __name__ == "__main__":

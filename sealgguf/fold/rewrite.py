@@ -71,6 +71,11 @@ class FoldResult:
     def blocks(self, kind: str) -> int:
         return sum(int(s[kind]) for s in self.tensors.values())
 
+    @property
+    def error_feedback(self) -> bool:
+        """Did any tensor's requantization carry its blocks' errors on (an imatrix with Gram matrices)?"""
+        return any(s["error_feedback"] for s in self.tensors.values())
+
 
 def exact_per_head(layout: AttentionLayout) -> dict[str, bool]:
     """For each attn_output type: does a per-head scale cover whole blocks (no requantization)?"""
@@ -324,7 +329,7 @@ def _fold_file(model: Path, scales_path, out: Path, threads: int, progress: bool
     if imatrix is not None:
         new_keys["seal.fold.imatrix"] = (Path(imatrix).name, V.STRING)
         new_keys["seal.fold.blocks_imatrix"] = (result.blocks("blocks_imatrix"), V.UINT64)
-        new_keys["seal.fold.error_feedback"] = (result.blocks("error_feedback") > 0, V.BOOL)
+        new_keys["seal.fold.error_feedback"] = (result.error_feedback, V.BOOL)
     if measure_kl:  # placeholders: measured on the written file, then written in place
         new_keys.update({f"seal.fold.{k}": (0.0, V.FLOAT32) for k in MEASURED_KL})
 
