@@ -183,7 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tune_args(p)
     p.add_argument("--val-samples", type=int, default=10, help="held-out samples for exact match (default 10)")
     p.add_argument("--grad-accum", type=int, default=1, help="samples per optimizer step (default 1)")
-    p.add_argument("--no-checkpointing", action="store_true", help="keep activations (faster, more memory)")
+    p.add_argument("--checkpointing", choices=("auto", "on", "off"), default="auto",
+                   help="activation checkpointing (recompute each layer in the backward pass: less memory, a slower "
+                   "step). auto (default): off when the memory plan fits the free memory twice over without it")
+    p.add_argument("--no-checkpointing", action="store_const", const="off", dest="checkpointing",
+                   help="the same as --checkpointing off")
     p.add_argument("--dry-run", action="store_true", help="print the memory and time plan (weights, checkpoints, "
                    "activations, masks, logits; seconds per step) and stop before loading the model. Every run "
                    "checks the plan first and refuses, naming the fix, when it cannot fit")
@@ -372,7 +376,8 @@ def cmd_tune(args) -> int:
     from sealgguf.tune import run_tune
 
     opt = replace(_tune_options(args, Path(args.output)), val_samples=args.val_samples, grad_accum=args.grad_accum,
-                  checkpointing=not args.no_checkpointing, checkpoint_every=args.checkpoint_every,
+                  checkpointing={"auto": None, "on": True, "off": False}[args.checkpointing],
+                  checkpoint_every=args.checkpoint_every,
                   resume=args.resume, dry_run=args.dry_run)
     info = run_tune(opt)
     if opt.dry_run:

@@ -46,3 +46,26 @@ def test_dry_run_prints_the_plan_and_loads_nothing(capsys, monkeypatch):
     assert main(["-q", "tune", "smollm2", "-o", "/nonexistent/x.safetensors", "--length", "4096", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "4096 tokens" in out and "weights" in out and "peak" in out and "time per step" in out
+
+
+@pytest.mark.parametrize("free_gib,expect", [(64.0, False), (1.0, True)])
+def test_checkpointing_auto_is_off_only_where_the_plan_fits_without_it(smollm2, monkeypatch, free_gib, expect):
+    import sealgguf.tune.plan as plan_mod
+
+    monkeypatch.setattr(plan_mod, "available_bytes", lambda device: int(free_gib * GIB))
+    s = shape_from_gguf(smollm2)
+    off = make_plan(s, 4096, "bf16", "cpu", False, keep=True, rate=1e11)
+    assert off.peak * plan_mod.NO_CHECKPOINT_HEADROOM < 64 * GIB and off.peak > 1 * GIB  # the two cases straddle it
+    auto = plan_mod.plan_checkpointing(s, 4096, "bf16", "cpu", None, keep=True, rate=1e11)
+    assert auto.checkpointing is expect
+    forced = plan_mod.plan_checkpointing(s, 4096, "bf16", "cpu", False, keep=True, rate=1e11)
+    assert forced.checkpointing is False  # an explicit choice is kept (and checked by check())
+
+
+def test_dry_run_says_which_checkpointing_auto_chose(capsys):
+    from sealgguf.cli import main
+
+    for flag, word in (("on", "on"), ("off", "off")):
+        assert main(["-q", "tune", "smollm2", "-o", "/nonexistent/x.safetensors", "--length", "1024",
+                     "--checkpointing", flag, "--dry-run"]) == 0
+        assert f"activation checkpointing {word}" in capsys.readouterr().out

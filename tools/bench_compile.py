@@ -8,6 +8,9 @@ table of one eager step: where the time goes, so the ratio can be read against i
 elementwise ops; matmuls and SDPA run the same kernels either way).
 
     .venv/bin/python tools/bench_compile.py [--model smollm2] [--length 1024] [--repeat 3] [--dtype fp32]
+                                            [--profile-only] [--rows 12]
+
+--profile-only skips the compile comparison and prints the profile of one eager step (after a warm-up).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=1024)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
+    ap.add_argument("--profile-only", action="store_true", help="no compile comparison, only the eager profile")
+    ap.add_argument("--rows", type=int, default=12, help="ops in the profile table")
     args = ap.parse_args()
 
     import torch
@@ -61,7 +66,7 @@ def main() -> None:
           "grad cosine |")
     print("|---|---|---|---|---|---|---|---|")
     reasons: dict[bool, Counter] = {}
-    for ckpt in (False, True):
+    for ckpt in () if args.profile_only else (False, True):
         (enable_checkpointing if ckpt else disable_checkpointing)(lm.model)
         lm.model.train()
         torch._dynamo.reset()
@@ -87,10 +92,14 @@ def main() -> None:
     lm.model.train()
     from torch.profiler import ProfilerActivity, profile
 
+    step(lm.model)  # warm-up (oneDNN builds its kernels on first use)
+    t0 = time.perf_counter()
+    step(lm.model)
+    print(f"\neager step without checkpointing: {time.perf_counter() - t0:.2f} s")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         step(lm.model)
     print("\nOne eager step without checkpointing, by op (self CPU time):")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 
 if __name__ == "__main__":

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ("sweep", "lr", "channel", "samples", "keep", "mix", "ood", "gemma", "exact", "long", "extend", "selfextend",
-         "report")
+STEPS = ("sweep", "lr", "channel", "samples", "keep", "mix", "ood", "gemma", "exact", "bf16", "long", "extend",
+         "selfextend", "report")
 QUICK_STEPS = tuple(s for s in STEPS if s not in ("long", "extend", "selfextend"))  # 8K/16K: hours on a CPU
 
 
@@ -47,6 +47,7 @@ class Plan:
     n_long: int = 50                               # samples per cell of the long step (8K: ~60 s a sample)
     gemma_length: int = 1024                       # Gemma 3 already fails lines at 1K
     long_lengths: list[int] = field(default_factory=lambda: [2048, 8000])  # up to SmolLM2's window (8192)
+    long_tune_length: int = 4096                   # the default recipe tuned long, in bf16 (8K: ~100 s a step here)
     extend_length: int = 16000                     # 2x SmolLM2's window
     extend_task: str = "niah"                      # SmolLM2 fails passkey at 2K already (answer format)
     n_extend: int = 20                             # 16K: ~200 s a sample
@@ -130,8 +131,10 @@ class Runner:
 
     def tune(self, name: str, model: str, tasks: list[str], granularity: str, length: int, samples: int,
              lr: float, rope: tuple[str, float] = ("none", 0.0), keep: float = 0.0, exact: bool = False,
-             self_extend: tuple[int, int] = (1, 0)) -> dict:
-        """Tune scales (train seeds, validation seeds for the loss), fold them into the GGUF, check knowledge."""
+             self_extend: tuple[int, int] = (1, 0), dtype: str = "fp32") -> dict:
+        """Tune scales (train seeds, validation seeds for the loss), fold them into the GGUF, check knowledge.
+        The dtype is pinned, never "auto", so that a cached run means the same on every machine: runs named
+        without a dtype are fp32; others carry it in their name (shipped_default)."""
         from sealgguf.eval.knowledge import knowledge_check
         from sealgguf.fold import fold_file
         from sealgguf.rope import RopeScaling
@@ -142,36 +145,40 @@ class Runner:
 
         def compute() -> dict:
             print(f"  tune {name}: {model} {','.join(tasks)} SEAL-{granularity[0].upper()} {length} tokens, "
-                  f"{samples} samples, lr {lr:g}, keep {keep:g}" + (", exact fold" if exact else ""), flush=True)
+                  f"{samples} samples, lr {lr:g}, keep {keep:g}, {dtype}" + (", exact fold" if exact else ""),
+                  flush=True)
             info = run_tune(TuneOptions(model=model, out=scales, tasks=tasks, granularity=granularity, length=length,
                                         exact_fold=exact, self_extend=SelfExtend(*self_extend),
                                         samples=samples, val_samples=self.plan.val_samples, lr=lr, keep=keep,
+                                        dtype=dtype,
                                         rope=RopeScaling.from_cli(*rope), progress=True,
-                                        checkpointing=length > 2048))  # 1-2K: memory is no issue, 20% faster
+                                        checkpointing=None))  # the plan decides (off where it fits)
             folded = fold_file(self.model_path(model), scales, gguf, threads=self.threads or 0, progress=False)
             base = self.model_path(model)
             know = knowledge_check([base, gguf], ["base", "sealed"], self.plan.ppl_windows, self.threads)
             return {"name": name, "model": model, "tasks": tasks, "granularity": granularity, "length": length,
                     "samples": samples, "lr": lr, "keep": keep, "rope": list(rope), "exact_fold": exact,
-                    "self_extend": list(self_extend),
+                    "self_extend": list(self_extend), "dtype": dtype,
                     "fold_blocks_requantized": folded.blocks("blocks_requantized"),
                     "tune": {k: v for k, v in info.items() if k != "losses"}, "losses": info["losses"],
                     "fold_rel_rmse": folded.rel_rmse_by_type(), "knowledge": know}
         return self._cached(self.work / "tune" / f"{name}.json", compute)
 
 
-def shipped_default(r: Runner, length: int, rope: tuple[str, float] = ("none", 0.0)) -> dict:
+def shipped_default(r: Runner, length: int, rope: tuple[str, float] = ("none", 0.0), dtype: str = "fp32",
+                    n_eval: int | None = None) -> dict:
     """The configuration `sealgguf tune` ships with (sealgguf.tune's defaults), tuned on SmolLM2 lines, optionally
-    under a rope scaling, and scored on its tuning cell."""
+    under a rope scaling, in `dtype` (named in the run unless fp32), and scored on its tuning cell."""
     from sealgguf.tune import DEFAULT_GRANULARITY, DEFAULT_KEEP, DEFAULT_LR
 
     g, lr = DEFAULT_GRANULARITY, DEFAULT_LR[DEFAULT_GRANULARITY]
     name = (f"smollm2-lines{length}-{g[0].upper()}" + (f"-{rope[0]}{rope[1]:g}" if rope[0] != "none" else "")
-            + f"-lr{lr:g}" + (f"-keep{DEFAULT_KEEP:g}" if DEFAULT_KEEP else ""))
-    run = r.tune(f"{name}-s{r.plan.samples}", "smollm2", ["lines"], g, length, r.plan.samples, lr, rope,
-                 keep=DEFAULT_KEEP)
-    r.eval("smollm2", "lines", length, r.plan.n_eval, rope if rope[0] != "none" else ("none", 1.0))
-    r.eval(run["name"], "lines", length, r.plan.n_eval, rope if rope[0] != "none" else ("none", 1.0))
+            + f"-lr{lr:g}" + (f"-keep{DEFAULT_KEEP:g}" if DEFAULT_KEEP else "") + f"-s{r.plan.samples}"
+            + (f"-{dtype}" if dtype != "fp32" else ""))
+    run = r.tune(name, "smollm2", ["lines"], g, length, r.plan.samples, lr, rope, keep=DEFAULT_KEEP, dtype=dtype)
+    n = n_eval or r.plan.n_eval
+    r.eval("smollm2", "lines", length, n, rope if rope[0] != "none" else ("none", 1.0))
+    r.eval(run["name"], "lines", length, n, rope if rope[0] != "none" else ("none", 1.0))
     return run
 
 
@@ -255,8 +262,16 @@ def run_steps(r: Runner, steps: list[str]) -> None:
         for LL in p.long_lengths[:1]:  # length transfer
             for model in ("smollm2", shipped, exact["smollm2"]):
                 r.eval(model, "lines", LL, p.n_ood)
+    if "bf16" in steps:
+        print("step bf16: the shipped default tuned with bf16 weights (the fast path on CPUs with bf16 units)",
+              flush=True)
+        shipped_default(r, L, dtype="bf16")
     if "long" in steps:
         print("step long: SmolLM2 on longer prompts, up to its longest native length", flush=True)
+        # First the shipped default recipe (SEAL-C, keep) tuned long in bf16 (the fast path), and the 1K-tuned
+        # default scored at the same length.
+        shipped_default(r, p.long_tune_length, dtype="bf16", n_eval=p.n_long)
+        r.eval(shipped_default(r, L)["name"], "lines", p.long_tune_length, p.n_long)
         # Cheapest first: baselines, then shorter-tuned scales scored at the longer lengths (the shipped default,
         # tuned at the sweep length, and the run tuned at the first long length), then tuning at each longer
         # length (hours at 8K on a CPU).

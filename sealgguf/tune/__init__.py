@@ -48,7 +48,7 @@ class TuneOptions:
     dtype: str = "auto"            # the frozen weights' storage and compute dtype; scales and AdamW stay fp32
     rope: RopeScaling = field(default_factory=RopeScaling)  # applied while tuning; fold writes it to the GGUF
     self_extend: SelfExtend = field(default_factory=SelfExtend)  # group attention while tuning; fold records it
-    checkpointing: bool = True
+    checkpointing: bool | None = None  # activation checkpointing; None ("auto"): off when the plan fits without it
     checkpoint_every: int = 0
     resume: bool = False
     dry_run: bool = False          # print the memory and time plan (tune.plan) and stop before loading
@@ -167,7 +167,7 @@ def run_tune(opt: TuneOptions) -> dict:
         raise SealError(f"--length {opt.length} exceeds the model's context of {int(limit)} tokens; "
                         "use --rope-scaling linear|yarn|ntk with --rope-factor, or --self-extend G,W")
     group_attention.attach(lm.model, opt.self_extend)
-    if opt.checkpointing:
+    if plan.checkpointing:
         enable_checkpointing(lm.model)
 
     train_set = make_examples(opt.tasks, opt.samples, opt.length, lm.encoder, "train", opt.seed)
@@ -207,6 +207,7 @@ def run_tune(opt: TuneOptions) -> dict:
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
         "device": device, "device_map": opt.device_map, "fsdp": True if opt.fsdp else None, "dtype": dtype,
+        "checkpointing": plan.checkpointing,
         "seconds": round(time.time() - t0, 1),
         "val_exact_match_before": result.val_before, "val_exact_match_after": result.val_after,
         "val_loss_before": result.val_loss_before, "val_loss_after": result.val_loss_after,
@@ -228,8 +229,10 @@ def run_tune(opt: TuneOptions) -> dict:
 
 
 def tuning_plan(path: Path, opt: TuneOptions, device: str, dtype: str):
-    """The run's memory and time plan (sealgguf.tune.plan), from the GGUF header or the folder's config."""
-    from sealgguf.tune.plan import make_plan, shape_from_config, shape_from_gguf
+    """The run's memory and time plan (sealgguf.tune.plan), from the GGUF header or the folder's config; it
+    settles --checkpointing auto. A device map or FSDP spreads the layers, which the one-device plan does not
+    model: auto keeps checkpointing on there."""
+    from sealgguf.tune.plan import plan_checkpointing, shape_from_config, shape_from_gguf
 
     if path.is_file():
         shape = shape_from_gguf(path)
@@ -237,7 +240,10 @@ def tuning_plan(path: Path, opt: TuneOptions, device: str, dtype: str):
         from transformers import AutoConfig
 
         shape = shape_from_config(AutoConfig.from_pretrained(path))
-    return make_plan(shape, opt.length, dtype, device, opt.checkpointing, opt.keep > 0)
+    checkpointing = opt.checkpointing
+    if checkpointing is None and (opt.device_map is not None or opt.fsdp):
+        checkpointing = True
+    return plan_checkpointing(shape, opt.length, dtype, device, checkpointing, opt.keep > 0)
 
 
 def sweep_lr(model, new_scales, train_set, val_set, anchors, opt: TuneOptions, device: str) -> list[dict]:

@@ -169,6 +169,11 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
 
     is_gguf = model_path.is_file()
     folder, kw = (model_path.parent, {"gguf_file": model_path.name}) if is_gguf else (model_path, {})
+    model_kw = dict(kw)
+    if is_gguf:  # plain weights in `dtype`: the tuner runs torch's kernels, never transformers' packed GGUF ones
+        from transformers import GgufConfig
+
+        model_kw["quantization_config"] = GgufConfig(dequantize=True)
     block_sizes: list[int] = []
     if is_gguf:
         import gguf
@@ -188,7 +193,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         layout = head_layout(config)
         rope = rope.bind(layout.context_length, layout.head_dim)
         _apply_rope(config, rope)
-        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **model_kw)
         tok = AutoTokenizer.from_pretrained(folder, **kw)
     model.requires_grad_(False)
     if device_map is None:
