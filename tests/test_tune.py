@@ -126,8 +126,9 @@ def test_short_real_tuning_run(smollm2, tmp_path):
     assert not np.all(s.values == 1.0)
     assert np.isfinite(info["val_loss_before"]) and np.isfinite(info["val_loss_after"]) and info["kl_last10"] is None
     for k in ("task", "length", "samples", "lr", "epochs", "seed", "arch", "source_sha256", "rope_scaling",
-              "val_loss_after"):
+              "val_loss_after", "dtype", "checkpointing"):
         assert k in s.metadata
+    assert info["checkpointing"] is False  # --checkpointing auto: 256 tokens fit without recompute
     res = fold_file(smollm2, out, tmp_path / "sealed.gguf")
     assert res.blocks("blocks_requantized") == 0
 

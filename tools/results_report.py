@@ -87,7 +87,8 @@ def tuned_table(evals: list[dict], tunes: list[dict]) -> str:
         cmp_ = fmt_cmp(compare(base, cand)) if base and cand else "not run | | "
         ppl_b, ppl_s = k["perplexity"]["base"], k["perplexity"]["sealed"]
         rope_txt = "" if rope[0] == "none" else f" {rope[0]}×{rope[1]:g}"
-        kind = run["granularity"][0].upper() + (" exact" if run.get("exact_fold") else "")  # exact: --exact-fold
+        kind = (run["granularity"][0].upper() + (" exact" if run.get("exact_fold") else "")  # exact: --exact-fold
+                + (f" {run['dtype']}" if run.get("dtype", "fp32") != "fp32" else ""))  # runs without one are fp32
         out.append(
             f"| {run['model']} | {'+'.join(run['tasks'])} @{length}{rope_txt} | {kind} "
             f"| {run['lr']:g} | {run.get('keep', 0):g} | {run['samples']} | {t['seconds']:.0f} "
