@@ -102,3 +102,20 @@ def test_extension_cells_are_scored_against_the_native_length(work, tmp_path):
     assert "| run (tuned without scaling at 1024) | niah @16000 | yarn×2 | 5 | 0.80 | +0.40" in text
     assert ("| 2× extension: SEAL recovers ≥ 80% of native accuracy | niah @16000 yarn×2: 0.80 (n 5, run) against "
             "1.00 @8000 unscaled = 80%; without SEAL 0.40 = 40% | yes |") in text
+
+
+def test_a_run_whose_gguf_is_missing_is_folded_again_from_its_scales(tmp_path):
+    """A cache rebuilt from docs/results/raw has each run's scales and record but not its GGUF."""
+    import numpy as np
+
+    from sealgguf import scales
+    from sealgguf.gguf_file import open_gguf
+
+    (tmp_path / "tune").mkdir()
+    (tmp_path / "tune" / "run.json").write_text(json.dumps({"name": "run", "model": "smollm2"}))
+    scales.save(tmp_path / "tune" / "run.scales.safetensors", np.full((30, 9), 1.1, np.float32), {})
+    r = reproduce.Runner(tmp_path, reproduce.QUICK, threads=None)
+    path = r.model_path("run")
+    assert path == tmp_path / "tune" / "run.gguf" and path.is_file()
+    assert open_gguf(path).get("seal.fold.exact") is not None
+    assert r.model_path("other") == tmp_path / "tune" / "other.gguf" and not (tmp_path / "tune" / "other.gguf").exists()

@@ -47,7 +47,7 @@ class Plan:
     n_long: int = 50                               # samples per cell of the long step (8K: ~60 s a sample)
     gemma_length: int = 1024                       # Gemma 3 already fails lines at 1K
     long_lengths: list[int] = field(default_factory=lambda: [2048, 8000])  # up to SmolLM2's window (8192)
-    long_tune_length: int = 4096                   # the default recipe tuned long, in bf16 (8K: ~100 s a step here)
+    long_tune_length: int = 4096                   # the default recipe tuned long, in bf16 (8K: ~100 s a step here, est.)
     extend_length: int = 16000                     # 2x SmolLM2's window
     extend_task: str = "niah"                      # SmolLM2 fails passkey at 2K already (answer format)
     n_extend: int = 20                             # 16K: ~200 s a sample
@@ -93,9 +93,21 @@ class Runner:
         return value
 
     def model_path(self, name: str) -> Path:
+        """A bundled model, or a tuned run's GGUF; one missing beside its scales (a cache rebuilt from
+        docs/results/raw, which keeps the scales and not the GGUFs) is folded again from them, with the
+        current engine, as tune() folds."""
         from sealgguf.models import resolve
 
-        return resolve(name) if name in ("smollm2", "gemma3") else self.work / "tune" / f"{name}.gguf"
+        if name in ("smollm2", "gemma3"):
+            return resolve(name)
+        gguf, scales = self.work / "tune" / f"{name}.gguf", self.work / "tune" / f"{name}.scales.safetensors"
+        run = self.work / "tune" / f"{name}.json"
+        if not gguf.is_file() and scales.is_file() and run.is_file():
+            from sealgguf.fold import fold_file
+
+            fold_file(self.model_path(json.loads(run.read_text())["model"]), scales, gguf,
+                      threads=self.threads or 0, progress=False)
+        return gguf
 
     def eval(self, model: str, task: str, length: int, n: int, rope: tuple[str, float] = ("none", 1.0),
              self_extend: tuple[int, int] = (1, 0)) -> dict:
