@@ -94,8 +94,8 @@ class Runner:
 
     def model_path(self, name: str) -> Path:
         """A bundled model, or a tuned run's GGUF; one missing beside its scales (a cache rebuilt from
-        docs/results/raw, which keeps the scales and not the GGUFs) is folded again from them, with the
-        current engine, as tune() folds."""
+        docs/results/raw, which keeps the scales and not the GGUFs) is folded again from them (fold(), with
+        the current engine)."""
         from sealgguf.models import resolve
 
         if name in ("smollm2", "gemma3"):
@@ -103,11 +103,14 @@ class Runner:
         gguf, scales = self.work / "tune" / f"{name}.gguf", self.work / "tune" / f"{name}.scales.safetensors"
         run = self.work / "tune" / f"{name}.json"
         if not gguf.is_file() and scales.is_file() and run.is_file():
-            from sealgguf.fold import fold_file
-
-            fold_file(self.model_path(json.loads(run.read_text())["model"]), scales, gguf,
-                      threads=self.threads or 0, progress=False)
+            self.fold(json.loads(run.read_text())["model"], scales, gguf)
         return gguf
+
+    def fold(self, model: str, scales: Path, gguf: Path):
+        """Fold a run's scales into its base model, the one way every run's GGUF is made."""
+        from sealgguf.fold import fold_file
+
+        return fold_file(self.model_path(model), scales, gguf, threads=self.threads or 0, progress=False)
 
     def eval(self, model: str, task: str, length: int, n: int, rope: tuple[str, float] = ("none", 1.0),
              self_extend: tuple[int, int] = (1, 0)) -> dict:
@@ -148,7 +151,6 @@ class Runner:
         The dtype is pinned, never "auto", so that a cached run means the same on every machine: runs named
         without a dtype are fp32; others carry it in their name (shipped_default)."""
         from sealgguf.eval.knowledge import knowledge_check
-        from sealgguf.fold import fold_file
         from sealgguf.rope import RopeScaling
         from sealgguf.self_extend import SelfExtend
         from sealgguf.tune import TuneOptions, run_tune
@@ -165,7 +167,7 @@ class Runner:
                                         dtype=dtype,
                                         rope=RopeScaling.from_cli(*rope), progress=True,
                                         checkpointing=None))  # the plan decides (off where it fits)
-            folded = fold_file(self.model_path(model), scales, gguf, threads=self.threads or 0, progress=False)
+            folded = self.fold(model, scales, gguf)
             base = self.model_path(model)
             know = knowledge_check([base, gguf], ["base", "sealed"], self.plan.ppl_windows, self.threads)
             return {"name": name, "model": model, "tasks": tasks, "granularity": granularity, "length": length,

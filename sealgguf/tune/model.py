@@ -170,13 +170,13 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
     is_gguf = model_path.is_file()
     folder, kw = (model_path.parent, {"gguf_file": model_path.name}) if is_gguf else (model_path, {})
     model_kw = dict(kw)
-    if is_gguf:  # plain weights in `dtype`: the tuner runs torch's kernels, never transformers' packed GGUF ones
-        from transformers import GgufConfig
-
-        model_kw["quantization_config"] = GgufConfig(dequantize=True)
     block_sizes: list[int] = []
     if is_gguf:
         import gguf
+        from transformers import GgufConfig
+
+        # plain weights in `dtype`: the tuner runs torch's kernels, never transformers' packed GGUF ones
+        model_kw["quantization_config"] = GgufConfig(dequantize=True)
 
         from sealgguf.gguf_file import open_gguf, read_layout
 
