@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "fold.h"
+#include "gguf_header.h"
 #include "quants.h"
 
 namespace py = pybind11;
@@ -81,11 +82,14 @@ py::tuple fold(Bytes raw, int32_t type, int64_t n_per_row, std::optional<Floats>
     py::array_t<uint8_t> kinds({n_rows, n_per_row / t.block_size});
     const float* cols = column_scales ? column_scales->data() : nullptr;
     const float* rows = row_scales ? row_scales->data() : nullptr;
+    py::array_t<double> col_err(n_per_row), col_ref(n_per_row), row_err(n_rows), row_ref(n_rows);
+    const ErrorSums sums{col_err.mutable_data(), col_ref.mutable_data(), row_err.mutable_data(),
+                         row_ref.mutable_data()};
     FoldStats st;
     {
         py::gil_scoped_release release;
         st = fold_tensor(raw.data(), out.mutable_data(), type, n_rows, n_per_row, cols, rows, n_threads,
-                         kinds.mutable_data(), refit);
+                         kinds.mutable_data(), refit, sums);
     }
     py::dict stats;
     stats["blocks_unchanged"] = st.blocks_unchanged;
@@ -93,8 +97,21 @@ py::tuple fold(Bytes raw, int32_t type, int64_t n_per_row, std::optional<Floats>
     stats["blocks_requantized"] = st.blocks_requantized;
     stats["blocks_refit"] = st.blocks_refit;
     stats["rel_rmse"] = st.rel_rmse();
+    stats["source_nonfinite"] = st.source_nonfinite;
+    // squared error against the exactly scaled values, and their squares, summed per column and per row
+    stats["col_sq_err"] = col_err;
+    stats["col_sq_ref"] = col_ref;
+    stats["row_sq_err"] = row_err;
+    stats["row_sq_ref"] = row_ref;
     stats["block_kinds"] = kinds;  // [rows, blocks per row]: 0 unchanged, 1 rescaled, 2 requantized, 3 refit
     return py::make_tuple(out, stats);
+}
+
+int64_t string_array_end_py(py::buffer buf, int64_t pos, uint64_t count) {
+    const py::buffer_info info = buf.request();
+    const int64_t size = info.size * info.itemsize;
+    py::gil_scoped_release release;
+    return string_array_end((const uint8_t*)info.ptr, size, pos, count);
 }
 
 py::tuple block_info(int32_t type) {
@@ -113,8 +130,12 @@ PYBIND11_MODULE(_core, m) {
     m.def("fold", &fold, py::arg("raw"), py::arg("type"), py::arg("n_per_row"), py::arg("column_scales"),
           py::arg("n_threads") = 0, py::arg("row_scales") = py::none(), py::arg("refit") = true,
           "Multiply value (i, j) of a quantized [rows, n_per_row] tensor by row_scales[i] * column_scales[j] "
-          "(None: all 1.0). Returns (new_raw, stats); stats['block_kinds'] says what happened to each block. "
+          "(None: all 1.0). Returns (new_raw, stats); stats['block_kinds'] says what happened to each block, "
+          "stats['col_sq_err'] / ['row_sq_err'] hold the squared error against the exactly scaled values per column "
+          "/ row (and '_sq_ref' their squares), stats['source_nonfinite'] counts source values that are not finite. "
           "refit=False: requantized blocks are always ggml's reference quantization (benchmarks).");
+    m.def("string_array_end", &string_array_end_py, py::arg("buffer"), py::arg("pos"), py::arg("count"),
+          "Offset just past `count` GGUF strings (u64 length + bytes each) starting at `pos`; -1 if truncated.");
     m.def("block_info", &block_info, py::arg("type"), "(values per block, bytes per block) of a ggml type.");
     m.def("supported", [](int32_t type) { return traits_for(type) != nullptr; }, py::arg("type"));
     py::register_exception<std::invalid_argument>(m, "FoldError", PyExc_ValueError);

@@ -11,11 +11,21 @@ struct FoldStats {
     int64_t blocks_requantized = 0;  // scales vary inside the block: the better of two candidates (below)
     int64_t blocks_refit = 0;        // of those, blocks that kept their levels with refit scales (refit.h)
                                      // because that beat a fresh quantization of the scaled values
+    int64_t source_nonfinite = 0;    // values of the source tensor that are not finite (a broken input)
     double sq_err = 0.0;             // sum of (folded - scale * original)^2
     double sq_ref = 0.0;             // sum of (scale * original)^2
 
     void add(const FoldStats& o);
     double rel_rmse() const;
+};
+
+// sq_err and sq_ref split by column and by row, so that a caller can check each head (a range of columns or of
+// rows) without dequantizing the result again. Any pointer may be null; col_* hold n_per_row values, row_* n_rows.
+struct ErrorSums {
+    double* col_err = nullptr;
+    double* col_ref = nullptr;
+    double* row_err = nullptr;
+    double* row_ref = nullptr;
 };
 
 // What the fold did to one block (fold_tensor's optional per-block record).
@@ -29,8 +39,9 @@ enum BlockKind : uint8_t { kUnchanged = 0, kRescaled = 1, kRequantized = 2, kRef
 // type, a row length that is not a whole number of blocks, or a scale that is not finite. `kinds`, when not
 // null, receives one BlockKind per block (kRefit for a requantized block that kept its levels). refit = false
 // leaves out the refit candidate (every requantized block is ggml's reference quantization; for benchmarks).
+// `sums`, when given, receives the squared errors per column and per row (zeroed first).
 FoldStats fold_tensor(const uint8_t* src, uint8_t* dst, int32_t type, int64_t n_rows, int64_t n_per_row,
                       const float* column_scales, const float* row_scales, int n_threads, uint8_t* kinds = nullptr,
-                      bool refit = true);
+                      bool refit = true, const ErrorSums& sums = ErrorSums{});
 
 }  // namespace sealgguf

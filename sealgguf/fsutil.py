@@ -32,6 +32,15 @@ def _umask() -> int:
     return mask
 
 
+HASH_CHUNK = 16 << 20
+
+
 def sha256_file(path: str | os.PathLike) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    """The file's SHA-256 in hex (hashlib releases the GIL: callers hash in a thread beside other work)."""
+    h = hashlib.sha256()
+    buf = bytearray(HASH_CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()

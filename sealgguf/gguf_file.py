@@ -41,7 +41,6 @@ _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
 _NUMPY = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.uint32, 5: np.int32, 6: np.float32,
           7: np.bool_, 10: np.uint64, 11: np.int64, 12: np.float64}
 UINT32, INT32, FLOAT32, STRING, ARRAY = 4, 5, 6, 8, 9
-_U64 = struct.Struct("<Q")
 _TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 8: "string",
                9: "array", 10: "u64", 11: "i64", 12: "f64"}
 
@@ -164,14 +163,12 @@ class GGUFFile:
                 return pos + count * struct.calcsize(_SCALAR[sub])
             if pos + count * 8 > self.size:
                 raise _Truncated()
-            buf, size, length = self.buf, self.size, _U64.unpack_from  # hot: a vocabulary has ~10^5 strings
-            for _ in range(count):
-                if pos + 8 > size:
-                    raise _Truncated()
-                pos += 8 + length(buf, pos)[0]
-            if pos > size:
+            from sealgguf import _core  # a vocabulary has ~10^5 strings: walked in C++
+
+            end = _core.string_array_end(self.buf, pos, count)
+            if end < 0:
                 raise _Truncated()
-            return pos
+            return end
         raise self._fail(f"key '{key}' has invalid GGUF type {vtype}")
 
     def _parse(self) -> None:

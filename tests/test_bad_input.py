@@ -57,6 +57,29 @@ def test_truncated_gguf(good):
     _expect_error(["fold", bad2, d / "ok.safetensors", "-o", d / "o1.gguf"], d / "o1.gguf", [bad2], "truncated")
 
 
+def test_vocabulary_cut_inside_one_of_its_strings(good):
+    # the token array is walked in C++ (_core.string_array_end): a file that ends inside it is truncated
+    from sealgguf.gguf_file import GGUFFile
+
+    d, model = good
+    tokens = GGUFFile(model).fields["tokenizer.ggml.tokens"]
+    middle = (tokens.value_start + tokens.end) // 2
+    bad = _forge(good, "trunc3.gguf", model.read_bytes()[:middle])
+    _expect_error(["fold", bad, d / "ok.safetensors", "-o", d / "o1.gguf"], d / "o1.gguf", [bad], "truncated")
+
+
+def test_string_array_end_stops_at_the_buffer():
+    from sealgguf import _core
+
+    data = b"".join(struct.pack("<Q", len(w)) + w for w in (b"ab", b"", b"xyz"))
+    assert _core.string_array_end(data, 0, 3) == len(data)
+    assert _core.string_array_end(data, 0, 2) == 8 + 2 + 8
+    assert _core.string_array_end(data, 0, 0) == 0
+    assert _core.string_array_end(data[:-1], 0, 3) == -1          # the last string's bytes run past the end
+    assert _core.string_array_end(data[:20], 0, 3) == -1          # its length runs past the end
+    assert _core.string_array_end(struct.pack("<Q", 2**64 - 1) + b"x", 0, 1) == -1  # a length that would wrap
+
+
 def test_wrong_magic(good):
     d, model = good
     bad = _forge(good, "magic.gguf", b"GGML" + model.read_bytes()[4:4096])

@@ -64,6 +64,25 @@ def test_per_channel_requantizes_with_ggml_quality(type_id):
     assert st["rel_rmse"] == pytest.approx(rel, rel=1e-4)
 
 
+@pytest.mark.parametrize("type_id", [3, 12])
+def test_error_sums_per_column_and_row(type_id):
+    # what check_folded reads instead of dequantizing the result: the same sums computed from the values
+    x, raw = _tensor(type_id, rows=6, seed=8)
+    cols = x.shape[1]
+    s = np.repeat(np.random.default_rng(9).uniform(0.5, 1.5, cols // 64), 64).astype(np.float32)
+    s[:256] = 0.8  # whole blocks rescaled, the rest requantized (Q4_1) or refit (Q4_K)
+    rows = np.linspace(0.7, 1.3, x.shape[0]).astype(np.float32)
+    new, st = _core.fold(raw, type_id, cols, s, 2, rows)
+    want = _core.dequantize(raw, type_id, cols) * (s[None, :] * rows[:, None])  # the engine's float32 order
+    err = (_core.dequantize(new, type_id, cols).astype(np.float64) - want) ** 2
+    ref = want.astype(np.float64) ** 2
+    np.testing.assert_allclose(st["col_sq_err"], err.sum(0), rtol=1e-9)
+    np.testing.assert_allclose(st["col_sq_ref"], ref.sum(0), rtol=1e-9)
+    np.testing.assert_allclose(st["row_sq_err"], err.sum(1), rtol=1e-9)
+    np.testing.assert_allclose(st["row_sq_ref"], ref.sum(1), rtol=1e-9)
+    assert st["source_nonfinite"] == 0 and st["col_sq_err"][:256].sum() < st["col_sq_err"][256:].sum()
+
+
 def test_float_types_scale_every_value():
     x = np.random.default_rng(3).standard_normal((4, 64)).astype(np.float32)
     s = np.linspace(0.5, 1.5, 64).astype(np.float32)

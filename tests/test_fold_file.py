@@ -52,9 +52,30 @@ def test_fold_random_scales(bundled_gguf, granularity, tmp_path):
     added = set(out.fields) - set(src.fields)
     assert {"seal.granularity", "seal.version", "seal.scales_sha256", "seal.source_sha256"} <= added
     assert out.value("seal.granularity") == granularity
-    from sealgguf.fsutil import sha256_file
+    import hashlib
 
-    assert out.value("seal.source_sha256") == sha256_file(path)  # patched in after the copy
+    assert out.value("seal.source_sha256") == hashlib.sha256(path.read_bytes()).hexdigest()  # patched in at the end
+
+
+def test_read_back_refuses_a_tensor_written_wrong(smollm2, tmp_path, monkeypatch):
+    # the written file is read back before the rename: a folded tensor whose bytes differ from the checked ones
+    # (here one flipped byte on the way out) leaves no output and no temporary file
+    from sealgguf.errors import SealError
+    from sealgguf.fold import rewrite
+
+    write = rewrite._pwrite_all
+
+    def corrupt(fd, data, at):
+        data = data.copy()
+        data[5] ^= 0xFF
+        write(fd, data, at)
+
+    layout = read_layout(open_gguf(smollm2), smollm2)
+    scales.save(tmp_path / "s.safetensors", _random_scales(smollm2, layout, "head"), {})
+    monkeypatch.setattr(rewrite, "_pwrite_all", corrupt)
+    with pytest.raises(SealError, match="attn_output.weight was not written as folded"):
+        fold_file(smollm2, tmp_path / "s.safetensors", tmp_path / "out.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]
 
 
 def test_metadata_kept_per_gguf_py(smollm2, tmp_path):
