@@ -2,7 +2,7 @@
 
 1. Per block type: C++ fold throughput (requantizing every block: per-channel scales, with and without
    the refit candidate; and the exact per-head path) vs gguf-py's numpy path (dequantize, scale,
-   quantize) where gguf-py can quantize.
+   quantize) where gguf-py can quantize; and the quantizer alone, the engine's against ggml's reference.
 2. Per-head scales on K-quant layouts where a 256-value super-block spans several heads (head_dim 64
    or 128, as in Llama-3, Qwen, Mistral): Gemma 3's real K-quant attn_output weights treated as such
    heads, with per-head scales drawn from a learned SEAL-H file (--head-scales; uniform 0.5-1.5 without
@@ -51,7 +51,7 @@ def bench_types(rows: int, cols: int, repeat: int) -> None:
     import gguf
     from gguf import quants
 
-    from sealgguf import _core
+    from sealgguf import _core, ggml
 
     rng = np.random.default_rng(0)
     x = (rng.standard_normal((rows, cols)) * 0.05).astype(np.float32)
@@ -61,7 +61,7 @@ def bench_types(rows: int, cols: int, repeat: int) -> None:
     print(f"fold of one {rows} x {cols} tensor ({os.cpu_count()} cores); Mvalues/s, best of {repeat}; 'fresh only' "
           "leaves out the refit candidate (every requantized block is ggml's reference quantization)")
     print(f"{'type':6s} {'C++ requant':>12s} {'fresh only':>11s} {'C++ 1 thread':>13s} {'C++ exact':>10s} "
-          f"{'numpy':>9s} {'speed-up':>9s}")
+          f"{'numpy':>9s} {'speed-up':>9s} {'quantize: C++':>14s} {'ggml':>7s}")
     for name, t in TYPES.items():
         raw = _core.quantize(x, t)
         req = best(lambda: _core.fold(raw, t, cols, per_channel), repeat)
@@ -79,8 +79,13 @@ def bench_types(rows: int, cols: int, repeat: int) -> None:
             np_s, ratio = f"{n / np_t / 1e6:9.2f}", f"{np_t / req:8.1f}x"
         except NotImplementedError:
             np_s, ratio = f"{'n/a':>9s}", f"{'-':>9s}"
+        # the quantizer alone, one thread each: the engine's against ggml's reference (ggml_quantize_chunk without
+        # an imatrix), on the same scaled values; both give the same bytes (tests/test_quants.py)
+        scaled = _core.dequantize(raw, t, cols) * per_channel
+        ours = best(lambda: _core.quantize(scaled, t), repeat)
+        theirs = best(lambda: ggml.quantize(scaled, t), repeat)
         print(f"{name:6s} {n / req / 1e6:12.2f} {n / fresh / 1e6:11.2f} {n / one / 1e6:13.2f} {n / exact / 1e6:10.2f} "
-              f"{np_s} {ratio}")
+              f"{np_s} {ratio} {n / ours / 1e6:14.1f} {n / theirs / 1e6:7.1f}")
 
 
 def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
