@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "fold.h"
 #include "gguf_header.h"
@@ -33,20 +34,35 @@ size_t row_bytes(const TypeTraits& t, int64_t n_per_row) {
 using Bytes = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
 using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-py::array_t<float> dequantize(Bytes raw, int32_t type, int64_t n_per_row) {
-    const TypeTraits& t = require_type(type);
+// row(source row, output row) over every row of a raw tensor, into a new [rows, n_per_row] array, GIL released.
+template <typename Out, typename RowFn>
+py::array_t<Out> map_rows(Bytes raw, const TypeTraits& t, int64_t n_per_row, RowFn row) {
     const size_t rb = row_bytes(t, n_per_row);
     if ((size_t)raw.size() % rb != 0)
         throw std::invalid_argument(std::to_string(raw.size()) + " bytes is not a whole number of rows");
     const int64_t n_rows = raw.size() / rb;
-    py::array_t<float> out({n_rows, n_per_row});
+    py::array_t<Out> out({n_rows, n_per_row});
     const uint8_t* src = raw.data();
-    float* dst = out.mutable_data();
+    Out* dst = out.mutable_data();
     {
         py::gil_scoped_release release;
-        for (int64_t r = 0; r < n_rows; ++r) t.dequantize(src + r * rb, dst + r * n_per_row, n_per_row);
+        for (int64_t r = 0; r < n_rows; ++r) row(src + r * rb, dst + r * n_per_row);
     }
     return out;
+}
+
+py::array_t<float> dequantize(Bytes raw, int32_t type, int64_t n_per_row) {
+    const TypeTraits& t = require_type(type);
+    return map_rows<float>(raw, t, n_per_row, [&](const uint8_t* s, float* d) { t.dequantize(s, d, n_per_row); });
+}
+
+// The same rows as bfloat16 bits (uint16: numpy has no bfloat16; torch views them as bfloat16).
+py::array_t<uint16_t> dequantize_bf16(Bytes raw, int32_t type, int64_t n_per_row) {
+    const TypeTraits& t = require_type(type);
+    std::vector<float> scratch(n_per_row);
+    return map_rows<uint16_t>(raw, t, n_per_row, [&](const uint8_t* s, uint16_t* d) {
+        dequantize_to_bf16(t, s, d, n_per_row, scratch.data());
+    });
 }
 
 py::array_t<uint8_t> quantize(Floats values, int32_t type) {
@@ -125,6 +141,9 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "sealgguf C++ engine: ggml block formats and scale folding";
     m.def("dequantize", &dequantize, py::arg("raw"), py::arg("type"), py::arg("n_per_row"),
           "Dequantize rows of a ggml tensor to float32, shape [rows, n_per_row].");
+    m.def("dequantize_bf16", &dequantize_bf16, py::arg("raw"), py::arg("type"), py::arg("n_per_row"),
+          "Dequantize rows of a ggml tensor straight to bfloat16 (round to nearest even), as uint16 bits "
+          "[rows, n_per_row]; no float32 copy of the tensor is made.");
     m.def("quantize", &quantize, py::arg("values"), py::arg("type"),
           "Quantize a float32 [rows, n_per_row] array with the reference quantizer of `type`.");
     m.def("fold", &fold, py::arg("raw"), py::arg("type"), py::arg("n_per_row"), py::arg("column_scales"),

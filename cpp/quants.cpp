@@ -808,6 +808,11 @@ const TypeTraits* traits_for(int32_t type) {
     return nullptr;
 }
 
+void dequantize_to_bf16(const TypeTraits& t, const void* src, bf16_t* dst, int64_t n, float* scratch) {
+    t.dequantize(src, scratch, n);
+    for (int64_t i = 0; i < n; ++i) dst[i] = fp32_to_bf16(scratch[i]);
+}
+
 std::string type_name(int32_t type) {
     const TypeTraits* t = traits_for(type);
     return t ? std::string(t->name) : "ggml type " + std::to_string(type);

@@ -38,6 +38,10 @@ struct TypeTraits {
     SetScalesFn set_scales;  // nullptr for the float types
 };
 
+// Dequantize one row of n values straight to bfloat16 (round to nearest even, as torch's float -> bfloat16),
+// through `scratch` (n floats): the float32 row never exists beyond one row.
+void dequantize_to_bf16(const TypeTraits& t, const void* src, bf16_t* dst, int64_t n, float* scratch);
+
 // nullptr when the type is not one sealgguf can fold (IQ*, TQ*, Q8_1, ...).
 const TypeTraits* traits_for(int32_t type);
 std::string type_name(int32_t type);

@@ -18,6 +18,37 @@ def test_fast_load_is_transformers_load(smollm2, hf_smollm2):
     assert hf_smollm2.encoder.encode(text) == slow.encoder.encode(text)
 
 
+@pytest.mark.slow
+def test_bf16_fast_load_is_transformers_bf16_load(smollm2):
+    # the fast path dequantizes the quantized tensors straight to bfloat16 bits; transformers casts float32
+    from sealgguf.tune.model import load
+
+    fast, slow = load(smollm2, "cpu", dtype="bf16", fast=True), load(smollm2, "cpu", dtype="bf16", fast=False)
+    fast_sd, slow_sd = fast.model.state_dict(), slow.model.state_dict()
+    assert fast_sd.keys() == slow_sd.keys()
+    for name, t in slow_sd.items():
+        assert fast_sd[name].dtype == t.dtype == torch.bfloat16 and torch.equal(fast_sd[name], t), name
+
+
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_engine_dequantize_bf16_is_torch_cast(model, request):
+    from sealgguf import _core
+    from sealgguf.fold import open_gguf
+
+    src = open_gguf(request.getfixturevalue(model))
+    seen = set()
+    for t in src.tensors:
+        if t.type_id in (0, 1) or t.type_id in seen or not _core.supported(t.type_id):
+            continue
+        seen.add(t.type_id)
+        n = int(t.shape[0])
+        data = src.tensor_data(t)[: 64 * (t.n_bytes // (int(np.prod(t.shape)) // n))]  # 64 rows
+        want = torch.from_numpy(_core.dequantize(data, t.type_id, n)).to(torch.bfloat16)
+        got = torch.from_numpy(_core.dequantize_bf16(data, t.type_id, n).view(np.int16)).view(torch.bfloat16)
+        assert torch.equal(got, want), src.type_name(t)
+    assert seen
+
+
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
 def test_engine_dequantize_matches_gguf_py(model, request):
     """Every quantized tensor of the bundled models: the C++ engine's dequantization, as the loader calls it,

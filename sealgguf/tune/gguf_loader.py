@@ -72,8 +72,6 @@ def fast_reader_class():
 def fast_gguf() -> Iterator[None]:
     import gguf
 
-    from sealgguf import _core
-
     import transformers.modeling_gguf_pytorch_utils as hf_gguf
 
     original_reader, original_dequantize = gguf.GGUFReader, gguf.dequantize
@@ -91,12 +89,9 @@ def fast_gguf() -> Iterator[None]:
         return reader(os.fspath(path), os.stat(path).st_mtime_ns)
 
     def dequantize(data: np.ndarray, qtype) -> np.ndarray:
-        if qtype in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or not _core.supported(int(qtype)):
+        if not engine_handles(qtype):
             return original_dequantize(data, qtype)
-        block, size = gguf.GGML_QUANT_SIZES[qtype]
-        n_per_row = data.shape[-1] // size * block
-        rows = _core.dequantize(np.ascontiguousarray(data).reshape(-1), int(qtype), n_per_row)
-        return rows.reshape(*data.shape[:-1], n_per_row)
+        return engine_dequantize(data, qtype)
 
     @functools.cache
     def metadata(path: str, mtime_ns: int) -> dict:
@@ -139,19 +134,59 @@ def load_tensors(reader, parsed: dict, model, torch_dtype) -> dict:
     architecture = hf_gguf._gguf_parse_value(field.parts[field.data[0]], field.types)
     processor = hf_gguf.TENSOR_PROCESSORS.get(architecture, hf_gguf.TensorProcessor)(config=parsed["config"])
     names = hf_gguf.get_gguf_hf_weights_map(model, processor)
+    # bf16 straight from the blocks (no float32 copy of a tensor) where the processor only moves values around
+    direct = torch_dtype == torch.bfloat16 and type(processor) in bit_safe_processors()
     tensors: dict = {}
     parsed["tensors"] = tensors  # processors may read or add to it
     for t in reader.tensors:
-        result = processor.process(weights=gguf.dequantize(t.data, t.tensor_type), name=t.name,
-                                   tensor_key_mapping=names, parsed_parameters=parsed)
+        as_bf16 = direct and "norm" not in t.name and engine_handles(t.tensor_type)
+        values = engine_dequantize(t.data, t.tensor_type, bf16=True) if as_bf16 else gguf.dequantize(t.data,
+                                                                                                     t.tensor_type)
+        result = processor.process(weights=values, name=t.name, tensor_key_mapping=names, parsed_parameters=parsed)
         if result.name not in names:
             continue
         weights = result.weights
         if not (weights.flags.writeable and weights.flags.c_contiguous):  # a view of the file, or a permutation
             weights = np.array(weights)
         tensor = torch.from_numpy(weights)
-        tensors[names[result.name]] = tensor.to(torch_dtype) if torch_dtype is not None else tensor
+        if as_bf16:
+            tensors[names[result.name]] = tensor.view(torch.bfloat16)
+        else:
+            tensors[names[result.name]] = tensor.to(torch_dtype) if torch_dtype is not None else tensor
     return tensors
+
+
+def bit_safe_processors() -> set[type]:
+    """transformers' tensor processors that only reshape, permute or rename the quantized weights (Gemma's
+    subtracts 1 from the norm weights, which stay float32 and are never read as bits): they may be handed bf16
+    bit patterns. The others (MoE splits, Mamba's exp, ...) get float32 as transformers gives them."""
+    import transformers.modeling_gguf_pytorch_utils as hf_gguf
+
+    return {hf_gguf.TensorProcessor, hf_gguf.LlamaTensorProcessor, hf_gguf.Gemma2TensorProcessor}
+
+
+def engine_handles(qtype) -> bool:
+    """Does the C++ engine dequantize this type? (The quantized ones; F32 and F16 stay gguf-py's views.)"""
+    import gguf
+
+    from sealgguf import _core
+
+    return qtype not in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) and _core.supported(int(qtype))
+
+
+def engine_dequantize(data: np.ndarray, qtype, bf16: bool = False) -> np.ndarray:
+    """A quantized tensor (gguf-py's [..., bytes per row] view) through the C++ engine, in gguf-py's shape:
+    float32, or with bf16 its bfloat16 bits (int16, as numpy has no bfloat16; torch views them)."""
+    import gguf
+
+    from sealgguf import _core
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    n_per_row = data.shape[-1] // size * block
+    flat = np.ascontiguousarray(data).reshape(-1)
+    rows = (_core.dequantize_bf16(flat, int(qtype), n_per_row).view(np.int16) if bf16
+            else _core.dequantize(flat, int(qtype), n_per_row))
+    return rows.reshape(*data.shape[:-1], n_per_row)
 
 
 def fresh_copy(value):

@@ -193,8 +193,10 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         layout = head_layout(config)
         rope = rope.bind(layout.context_length, layout.head_dim)
         _apply_rope(config, rope)
-        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **model_kw)
+        # the tokenizer first: its conversion's transient memory (Gemma 3's 262k vocabulary: ~0.5 GiB) then
+        # comes and goes before the model's weights exist, not on top of them
         tok = AutoTokenizer.from_pretrained(folder, **kw)
+        model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **model_kw)
     model.requires_grad_(False)
     if device_map is None:
         model.to(device)
