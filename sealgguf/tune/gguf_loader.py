@@ -15,7 +15,8 @@ once per module of the model (397 times for SmolLM2). Inside `fast_gguf()`:
   * the weights go through transformers' own tensor loop (its tensor processor and name map), run by
     load_tensors on the metadata already parsed, casting each tensor to the requested dtype as it is
     produced, so at most one tensor exists in float32 at a time (transformers would hold two: it copies
-    each dequantized array before the cast).
+    each dequantized array before the cast); in bf16, quantized tensors are dequantized straight to bfloat16
+    where the architecture's processor only moves values around (bit_safe_processors), so none does.
 """
 
 from __future__ import annotations
