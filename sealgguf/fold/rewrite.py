@@ -6,9 +6,9 @@ Folding never changes a tensor's size, so the tensor table and every tensor offs
 The output is the input's header with seal.* keys added, its tensor table copied byte for byte,
 and its data section copied in-kernel (copy_file_range) with the folded tensors written over their copies.
 The SHA-256 of the input, the floor of the whole job, is computed in a thread on a core of its own while the
-fold (the engine's threads on the other cores, on all of them once the hash is done) and then the copy run. The header is written first, so
-every key whose value is known only later (the source hash, the fold's statistics, the KL) holds a
-placeholder of the same size, and is rewritten in place at the end.
+fold (the engine's threads on the other cores, on all of them once the hash is done) and then the copy run.
+The header is written first, so every key whose value is known only later (the source hash, the fold's
+statistics, the KL) holds a placeholder of the same size, and is rewritten in place at the end.
 Memory stays O(the folded tensors); the output appears only when complete (temporary file + rename);
 inputs are opened read-only.
 """
