@@ -46,3 +46,9 @@ def sha256_file(path: str | os.PathLike) -> str:
         while n := f.readinto(buf):
             h.update(view[:n])
     return h.hexdigest()
+
+
+def cache_dir(*parts: str) -> Path:
+    """sealgguf's cache folder: `$SEALGGUF_CACHE`, else ~/.cache/sealgguf (where tools/setup.sh keeps its wheels).
+    Only derived data lives there: deleting it costs time, never a result."""
+    return Path(os.environ.get("SEALGGUF_CACHE") or Path.home() / ".cache" / "sealgguf", *parts)

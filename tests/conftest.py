@@ -1,5 +1,6 @@
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# the tests' own conversion cache (sealgguf.tune.gguf_loader): never the user's, filled by the first load of each model
+os.environ["SEALGGUF_CACHE"] = tempfile.mkdtemp(prefix="sealgguf-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -117,3 +117,110 @@ def test_fast_reader_refuses_a_string_array_past_the_end(tmp_path, smollm2):
     (tmp_path / "bad.gguf").write_bytes(data)
     with pytest.raises(ValueError):
         fast_reader_class()(tmp_path / "bad.gguf")
+
+
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_skimming_reader_steps_over_the_vocabulary_only(model, request):
+    """The reader of a load whose metadata is saved: every field is there, the vocabulary-sized arrays are
+    empty, everything else (small fields, every tensor) is what the full reader gives."""
+    from transformers.integrations.ggml import _gguf_parse_value
+
+    from sealgguf.tune.gguf_loader import SKIM_MIN_LENGTH, fast_reader_class
+
+    path = request.getfixturevalue(model)
+    full, skim = fast_reader_class()(path), fast_reader_class(skim=True)(path)
+    assert list(full.fields) == list(skim.fields)
+    skimmed = 0
+    for key, a in full.fields.items():
+        b = skim.fields[key]
+        assert a.types == b.types, key
+        if len(a.data) >= SKIM_MIN_LENGTH:
+            assert b.data == [], key
+            skimmed += 1
+        else:
+            assert [_gguf_parse_value(a.parts[i], a.types) for i in a.data] == \
+                [_gguf_parse_value(b.parts[i], b.types) for i in b.data], key
+    assert skimmed >= 2  # tokens, and token types / scores / merges
+    assert [(t.name, t.tensor_type, list(t.shape), t.data_offset) for t in full.tensors] == \
+        [(t.name, t.tensor_type, list(t.shape), t.data_offset) for t in skim.tensors]
+    np.testing.assert_array_equal(full.tensors[-1].data, skim.tensors[-1].data)
+
+
+def _prompts(encoder) -> list[str]:
+    from sealgguf.tasks import TASKS, get_task, make_sample
+    from sealgguf.tasks.chat import render
+
+    texts = []
+    for i, name in enumerate(TASKS):
+        sample = make_sample(get_task(name), 1000 + i, 300, lambda s: len(encoder.prompt_ids(s)))
+        texts += [render(sample, encoder.chat_template, encoder.bos_text), sample.answer]
+    return texts + ["  two  spaces\tand a tab\n\n<|im_start|><start_of_turn>é 中文 🙂"]
+
+
+@pytest.mark.parametrize("model", ["smollm2", pytest.param("gemma3", marks=pytest.mark.slow)])
+def test_saved_conversion_loads_the_same_model(model, request, tmp_path, monkeypatch):
+    """The first load saves transformers' conversion; the second, from it, has the same weights, config and
+    prompt encoder (token ids of every task's prompts and answers, special tokens, BOS, chat template)."""
+    from sealgguf.gguf_file import open_gguf
+    from sealgguf.tune.gguf_loader import load_conversion
+    from sealgguf.tune.model import load
+
+    path = request.getfixturevalue(model)
+    monkeypatch.setenv("SEALGGUF_CACHE", str(tmp_path))
+    assert load_conversion(open_gguf(path)) is None
+    first = load(path, "cpu", dtype="bf16")
+    assert load_conversion(open_gguf(path)) is not None
+    again = load(path, "cpu", dtype="bf16")
+    a, b = first.model.state_dict(), again.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert first.model.config.to_dict() == again.model.config.to_dict()
+    e1, e2 = first.encoder, again.encoder
+    assert (e1.bos_id, e1.chat_template, e1.bos_text) == (e2.bos_id, e2.chat_template, e2.bos_text)
+    for text in _prompts(e1):
+        assert e1.encode(text) == e2.encode(text), text[:80]
+
+
+def test_damaged_conversion_is_converted_again(smollm2, tmp_path, monkeypatch):
+    from sealgguf.gguf_file import open_gguf
+    from sealgguf.tune.gguf_loader import load_conversion
+    from sealgguf.tune.model import load
+
+    monkeypatch.setenv("SEALGGUF_CACHE", str(tmp_path))
+    src = open_gguf(smollm2)
+    load(smollm2, "cpu")
+    (saved,) = tmp_path.glob("conversions/*.tokenizer.json")
+    saved.write_text('{"version": "1.0", "model": ')  # cut short
+    assert load_conversion(src) is None
+    reloaded = load(smollm2, "cpu")
+    assert load_conversion(src) is not None  # rewritten
+    assert reloaded.encoder.encode("line right-tiger: <4021>") == load_conversion(src).encode("line right-tiger: <4021>")
+
+
+def test_conversion_key_is_the_header(smollm2, tmp_path):
+    """Same header bytes, same key, wherever the file lies; one byte of metadata changed, another key."""
+    import shutil
+
+    from sealgguf.gguf_file import open_gguf
+    from sealgguf.tune.gguf_loader import conversion_key
+
+    copy = tmp_path / "copy.gguf"
+    shutil.copyfile(smollm2, copy)
+    assert conversion_key(open_gguf(copy)) == conversion_key(open_gguf(smollm2))
+    data = bytearray(copy.read_bytes())
+    at = data.index(b"general.name") + len(b"general.name") + 4 + 8  # key, value type, string length
+    data[at] ^= 0x20  # the name's first letter changes case
+    changed = tmp_path / "changed.gguf"
+    changed.write_bytes(bytes(data))
+    assert conversion_key(open_gguf(changed)) != conversion_key(open_gguf(smollm2))
+
+
+def test_conversion_that_json_would_change_is_not_saved(smollm2, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from sealgguf.gguf_file import open_gguf
+    from sealgguf.tune.gguf_loader import save_conversion
+
+    monkeypatch.setenv("SEALGGUF_CACHE", str(tmp_path))
+    tok = SimpleNamespace(bos_token="<s>", bos_token_id=1, chat_template=None, backend_tokenizer=None)
+    save_conversion(open_gguf(smollm2), {"config": {"window": (1, 2)}}, tok)  # a tuple comes back a list
+    assert not any(tmp_path.rglob("*.json"))

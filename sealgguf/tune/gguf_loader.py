@@ -12,6 +12,9 @@ once per module of the model (397 times for SmolLM2). Inside `fast_gguf()`:
   * gguf-py's tensor name map is built once per (architecture, layer count);
   * quantized tensors are dequantized by sealgguf's C++ engine (bit-identical to ggml, multithreaded),
     where gguf-py would run numpy; types the engine lacks still go to gguf-py.
+  * what transformers derives from the header (the config's metadata and the converted tokenizer) is saved
+    once per header in sealgguf's cache (save_conversion); a later load of the same header takes it from
+    there (load_conversion) and its reader skims the vocabulary arrays instead of building them;
   * the weights go through transformers' own tensor loop (its tensor processor and name map), run by
     load_tensors on the metadata already parsed, casting each tensor to the requested dtype as it is
     produced, so at most one tensor exists in float32 at a time (transformers would hold two: it copies
@@ -24,19 +27,35 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import hashlib
+import json
+import mmap
 import os
-from typing import Iterator
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any, Iterator
 
 import numpy as np
 
+from sealgguf.fsutil import atomic_output, cache_dir
+from sealgguf.gguf_file import GGUFFile
 
-def fast_reader_class():
+# An array field this long is a vocabulary (tokens, scores, token types, merges); a skimming reader only steps over it.
+SKIM_MIN_LENGTH = 4096
+CONVERSION_FORMAT = 1  # of the saved conversion: part of its key, so a change here never reads an older file
+
+
+def fast_reader_class(skim: bool = False):
     """gguf-py's GGUFReader with array fields read in bulk. GGUFReader makes one np.memmap slice per array element
     (the slow part: ~10 us each, 786k of them for Gemma 3's vocabulary arrays); this subclass gives the same
     fields, with each element of a number array a 1-element slice of one plain ndarray view, and each string a
     memoryview of its bytes (`bytes()`, `.tobytes()` and `.nbytes` work as on gguf-py's arrays). Everything
-    else, tensors included, is gguf-py's own code."""
+    else, tensors included, is gguf-py's own code. With `skim`, arrays of SKIM_MIN_LENGTH or more elements are
+    stepped over and read as empty: for a load whose metadata comes from a saved conversion, which needs the
+    reader only for its tensors."""
     import gguf
+
+    from sealgguf import _core
 
     class FastGGUFReader(gguf.GGUFReader):
         def _get_field_parts(self, orig_offs: int, raw_type: int):
@@ -45,6 +64,12 @@ def fast_reader_class():
             itype, alen = self._get(orig_offs, np.uint32), self._get(orig_offs + 4, np.uint64)
             sub, n, offs = gguf.GGUFValueType(int(itype[0])), int(alen[0]), orig_offs + 12
             parts: list = [itype, alen]
+            if skim and n >= SKIM_MIN_LENGTH and (sub == gguf.GGUFValueType.STRING or sub in self.gguf_scalar_to_np):
+                end = (_core.string_array_end(self.data, offs, n) if sub == gguf.GGUFValueType.STRING
+                       else offs + n * np.dtype(self.gguf_scalar_to_np[sub]).itemsize)
+                if end < 0 or end > len(self.data):
+                    raise ValueError(f"array at offset {orig_offs} runs past the end of the file")
+                return end - orig_offs, parts, [], [gguf.GGUFValueType.ARRAY, sub]
             if sub == gguf.GGUFValueType.STRING:
                 buf = memoryview(self.data)
                 idxs = []
@@ -70,7 +95,10 @@ def fast_reader_class():
 
 
 @contextlib.contextmanager
-def fast_gguf() -> Iterator[None]:
+def fast_gguf(saved: Conversion | None = None) -> Iterator[dict[str, dict]]:
+    """transformers' GGUF loading, made fast (see the module docstring) while the block runs. With `saved` (a
+    conversion of one file from load_conversion) that file's metadata is taken as parsed and its reader skims.
+    Yields {path: metadata} of every file parsed inside the block, for save_conversion."""
     import gguf
 
     import transformers.modeling_gguf_pytorch_utils as hf_gguf
@@ -78,11 +106,13 @@ def fast_gguf() -> Iterator[None]:
     original_reader, original_dequantize = gguf.GGUFReader, gguf.dequantize
     original_name_map, original_checkpoint = gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint
 
-    fast_reader = fast_reader_class()
+    fast_reader, skimming_reader = fast_reader_class(), fast_reader_class(skim=True)
+    saved_path = os.path.realpath(saved.path) if saved else None
+    parsed: dict[str, dict] = {}
 
     @functools.cache
     def reader(path: str, mtime_ns: int):
-        return fast_reader(path)
+        return (skimming_reader if os.path.realpath(path) == saved_path else fast_reader)(path)
 
     def cached_reader(path, mode="r"):
         if mode != "r":
@@ -96,7 +126,10 @@ def fast_gguf() -> Iterator[None]:
 
     @functools.cache
     def metadata(path: str, mtime_ns: int) -> dict:
-        return original_checkpoint(path, return_tensors=False)
+        if os.path.realpath(path) == saved_path:
+            return saved.metadata
+        parsed[path] = original_checkpoint(path, return_tensors=False)
+        return parsed[path]
 
     def load_checkpoint(path, return_tensors=False, model_to_load=None, torch_dtype=None):
         key = (os.fspath(path), os.stat(path).st_mtime_ns)
@@ -113,7 +146,7 @@ def fast_gguf() -> Iterator[None]:
     gguf.get_tensor_name_map = functools.cache(original_name_map)
     hf_gguf.load_gguf_checkpoint, hf_gguf._gguf_parse_value = load_checkpoint, parse_value_function(original_parse)
     try:
-        yield
+        yield parsed
     finally:
         gguf.GGUFReader, gguf.dequantize = original_reader, original_dequantize
         gguf.get_tensor_name_map, hf_gguf.load_gguf_checkpoint = original_name_map, original_checkpoint
@@ -139,6 +172,7 @@ def load_tensors(reader, parsed: dict, model, torch_dtype) -> dict:
     direct = torch_dtype == torch.bfloat16 and type(processor) in bit_safe_processors()
     tensors: dict = {}
     parsed["tensors"] = tensors  # processors may read or add to it
+    drop_pages = page_dropper(reader.data)
     for t in reader.tensors:
         as_bf16 = direct and "norm" not in t.name and engine_handles(t.tensor_type)
         values = engine_dequantize(t.data, t.tensor_type, bf16=True) if as_bf16 else gguf.dequantize(t.data,
@@ -154,7 +188,36 @@ def load_tensors(reader, parsed: dict, model, torch_dtype) -> dict:
             tensors[names[result.name]] = tensor.view(torch.bfloat16)
         else:
             tensors[names[result.name]] = tensor.to(torch_dtype) if torch_dtype is not None else tensor
+        drop_pages(t.data_offset, t.n_bytes)  # read and copied: no tensor of the model shares the file's pages
     return tensors
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the system (glibc's malloc_trim; a no-op elsewhere). glibc keeps
+    what a parse freed for reuse, but the weights that come next are allocated with mmap and never reuse it:
+    reading Gemma 3's saved tokenizer leaves 194 MiB of its JSON parse resident (measured)."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+
+
+def page_dropper(data: np.ndarray):
+    """A function that takes a read range of a read-only np.memmap out of the process's resident set (madvise
+    MADV_DONTNEED: the pages stay in the page cache, and map back in if read again), so that the file's pages do
+    not count on top of the weights made from them. A no-op for other arrays and where madvise is missing."""
+    mm = getattr(data, "_mmap", None)
+    if mm is None or getattr(data, "mode", None) != "r" or not hasattr(mmap, "MADV_DONTNEED"):
+        return lambda start, n_bytes: None
+    page, size = mmap.PAGESIZE, len(mm)
+
+    def drop(start: int, n_bytes: int) -> None:
+        lo, hi = start // page * page, min(-(-(start + n_bytes) // page) * page, size)
+        if hi > lo:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+    return drop
 
 
 def bit_safe_processors() -> set[type]:
@@ -227,3 +290,73 @@ def parse_value_function(original):
         return original(value, types)
 
     return parse
+
+
+@dataclass
+class Conversion:
+    """What transformers derives from a GGUF's header for the tuner, as save_conversion keeps it: the metadata of
+    load_gguf_checkpoint(return_tensors=False) without the vocabulary (config, tokenizer_config, ...), and the
+    tokenizer transformers converted (its `tokenizers` backend, with the special tokens the encoder needs)."""
+    path: str
+    metadata: dict[str, Any]
+    tokenizer: Any  # tokenizers.Tokenizer
+    bos_token: str | None
+    bos_token_id: int | None
+    chat_template: str | None
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids, special-token text parsed, nothing added: what transformers' tokenizer(text,
+        add_special_tokens=False) gives (its backend is this same tokenizer)."""
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def conversion_key(src: GGUFFile) -> str:
+    """Everything a conversion depends on: the header's bytes (every key and the tensor table) and the versions
+    of the code that converts it."""
+    h = hashlib.sha256(src.raw(0, src.data_offset))
+    for package in ("transformers", "tokenizers", "gguf"):
+        h.update(f"|{package} {version(package)}".encode())
+    h.update(f"|format {CONVERSION_FORMAT}".encode())
+    return h.hexdigest()
+
+
+def _conversion_files(src: GGUFFile) -> tuple[str, str]:
+    base = cache_dir("conversions", conversion_key(src))
+    return f"{base}.json", f"{base}.tokenizer.json"
+
+
+def load_conversion(src: GGUFFile) -> Conversion | None:
+    """The saved conversion of this header, or None (never saved, or unreadable: then it is converted again)."""
+    import tokenizers
+
+    info_file, tokenizer_file = _conversion_files(src)
+    try:
+        with open(info_file, encoding="utf-8") as f:
+            info = json.load(f)
+        tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+        return Conversion(str(src.path), info["metadata"], tokenizer, info["bos_token"], info["bos_token_id"],
+                          info["chat_template"])
+    except Exception:  # a cache: a missing, stale or damaged entry is converted again and rewritten
+        return None
+
+
+def save_conversion(src: GGUFFile, metadata: dict, tok) -> None:
+    """Keep this load's conversion (its metadata from fast_gguf, and the transformers tokenizer `tok`) for the
+    next load of the same header. Skipped where the metadata does not survive JSON unchanged, or the cache
+    cannot be written: the load itself never depends on it."""
+    kept = {k: v for k, v in metadata.items() if k != "tokenizer"}  # the vocabulary: the tokenizer holds it
+    info = {"metadata": kept, "bos_token": tok.bos_token, "bos_token_id": tok.bos_token_id,
+            "chat_template": getattr(tok, "chat_template", None)}
+    try:
+        text = json.dumps(info)
+        if json.loads(text) != info:
+            return
+        info_file, tokenizer_file = _conversion_files(src)
+        with atomic_output(tokenizer_file) as tmp:
+            tok.backend_tokenizer.save(str(tmp), pretty=False)
+        with atomic_output(info_file) as tmp:  # last: an entry is complete once this exists
+            tmp.write_text(text, encoding="utf-8")
+    except (OSError, TypeError, ValueError):
+        return

@@ -171,6 +171,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
     folder, kw = (model_path.parent, {"gguf_file": model_path.name}) if is_gguf else (model_path, {})
     model_kw = dict(kw)
     block_sizes: list[int] = []
+    src, saved = None, None
     if is_gguf:
         import gguf
         from transformers import GgufConfig
@@ -180,12 +181,15 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
 
         from sealgguf.gguf_file import open_gguf, read_layout
 
-        gguf_layout = read_layout(open_gguf(model_path), model_path)  # one-line errors before transformers
+        src = open_gguf(model_path)
+        gguf_layout = read_layout(src, model_path)  # one-line errors before transformers
         block_sizes = [gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]][0]
                        for name in gguf_layout.attn_output_types]
-    from sealgguf.tune.gguf_loader import fast_gguf
+    from sealgguf.tune import gguf_loader
 
-    with fast_gguf() if is_gguf and fast else contextlib.nullcontext():
+    if is_gguf and fast:
+        saved = gguf_loader.load_conversion(src)
+    with gguf_loader.fast_gguf(saved) if is_gguf and fast else contextlib.nullcontext({}) as parsed:
         try:
             config = AutoConfig.from_pretrained(folder, **kw)
         except ValueError as e:
@@ -195,8 +199,11 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         _apply_rope(config, rope)
         # the tokenizer first: its conversion's transient memory (Gemma 3's 262k vocabulary: ~0.5 GiB) then
         # comes and goes before the model's weights exist, not on top of them
-        tok = AutoTokenizer.from_pretrained(folder, **kw)
+        tok = saved or AutoTokenizer.from_pretrained(folder, **kw)
+        gguf_loader.trim_heap()  # what the tokenizer's parse or conversion freed, before the weights arrive
         model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **model_kw)
+    if is_gguf and fast and saved is None and len(parsed) == 1:
+        gguf_loader.save_conversion(src, next(iter(parsed.values())), tok)
     model.requires_grad_(False)
     if device_map is None:
         model.to(device)
@@ -205,14 +212,13 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
     model.config.use_cache = False
 
     if is_gguf:
-        from sealgguf.gguf_file import open_gguf
         from sealgguf.tokens import gguf_adds_bos
 
-        add_bos = gguf_adds_bos(open_gguf(model_path))
+        add_bos = gguf_adds_bos(src)
     else:
         add_bos = bool(getattr(tok, "add_bos_token", False))
     encoder = PromptEncoder(
-        encode=lambda text: tok(text, add_special_tokens=False)["input_ids"],
+        encode=tok.encode if saved else lambda text: tok(text, add_special_tokens=False)["input_ids"],
         bos_id=tok.bos_token_id if add_bos and tok.bos_token_id is not None else None,
         chat_template=getattr(tok, "chat_template", None), bos_text=tok.bos_token or "",
     )
