@@ -10,9 +10,10 @@ Peak memory on the tuning device = frozen weights + what the step keeps alive:
     log-softmaxes and gradient on the anchor window.
 The per-token activation count of a layer is read off the ops the eager transformers layer runs (norms,
 q/k/v, rope, the scale hook, o_proj input, the gated MLP); tools/bench_tune.py prints it beside measured
-peaks. Time per step = the step's matmul FLOPs (forward, the input-gradient backward of frozen weights,
-the recompute) at a matmul rate measured on the spot: an estimate, low where elementwise ops
-dominate (small models on CPU).
+peaks. Time per step = the step's FLOPs (forward, the input-gradient backward of frozen weights, the
+recompute), each kind at a rate measured on the spot in the dtype: the linear layers' at a square matmul's,
+attention's at SDPA's causal forward + backward in the model's head shape (on CPU flash attention runs ~10x
+below a bf16 matmul, and is most of a long step). An estimate, low by the unfused elementwise ops.
 """
 
 from __future__ import annotations
@@ -74,6 +75,13 @@ def shape_from_config(config) -> ModelShape:
     return ModelShape(L, h, f, H, Hkv, D, V, n, int(getattr(cfg, "sliding_window", 0) or 0))
 
 
+@dataclass(frozen=True)
+class Rates:
+    """FLOP/s measured on the device, in the dtype (measure_rates)."""
+    matmul: float     # a square matmul: the linear layers
+    attention: float  # SDPA, causal, forward + backward: attention's score and value products
+
+
 @dataclass
 class Plan:
     device: str
@@ -82,13 +90,16 @@ class Plan:
     checkpointing: bool
     parts: dict[str, int]       # bytes: weights, checkpoints, layer activations, attention masks, logits
     available: int | None       # bytes free on the device (None: unknown)
-    flops: float                # matmul FLOPs of one step
-    matmul_flops_per_s: float   # measured here, in the dtype
-    seconds_per_step: float
+    flops: dict[str, float]     # FLOPs of one step: "linear", "attention"
+    rates: Rates
 
     @property
     def peak(self) -> int:
         return sum(self.parts.values())
+
+    @property
+    def seconds_per_step(self) -> float:
+        return self.flops["linear"] / self.rates.matmul + self.flops["attention"] / self.rates.attention
 
     def describe(self) -> str:
         rows = [f"plan: {self.device}, {self.dtype}, {self.length} tokens, activation checkpointing "
@@ -96,8 +107,9 @@ class Plan:
         rows += [f"  {name:<18s} {b / GIB:8.2f} GiB" for name, b in self.parts.items()]
         rows.append(f"  {'peak':<18s} {self.peak / GIB:8.2f} GiB"
                     + (f" of {self.available / GIB:.1f} GiB available" if self.available else ""))
-        rows.append(f"  time per step      {self.seconds_per_step:8.1f} s ({self.flops / 1e12:.2f} TFLOP "
-                    f"of matmuls at the {self.matmul_flops_per_s / 1e9:.0f} GFLOP/s measured here)")
+        rows.append(f"  time per step      {self.seconds_per_step:8.1f} s ({self.flops['linear'] / 1e12:.2f} TFLOP "
+                    f"of matmuls at {self.rates.matmul / 1e9:.0f} GFLOP/s, {self.flops['attention'] / 1e12:.2f} "
+                    f"TFLOP of attention at {self.rates.attention / 1e9:.0f} GFLOP/s, both measured here)")
         return "\n".join(rows)
 
 
@@ -110,34 +122,57 @@ def layer_activation_bytes(s: ModelShape, tokens: int, b: int) -> int:
     return per_token * tokens * b
 
 
-def step_flops(s: ModelShape, tokens: int, checkpointing: bool) -> float:
-    """Matmul FLOPs of forward + the input-gradient backward (the weights are frozen: no weight gradients)
-    + the forward recompute under checkpointing; causal attention counts half its square."""
+def attention_flops(n_head: int, head_dim: int, tokens: int) -> float:
+    """One causal attention pass of one layer: the score and value products, half of the square."""
+    return 2 * 2 * n_head * head_dim * tokens * tokens / 2
+
+
+def step_flops(s: ModelShape, tokens: int, checkpointing: bool) -> dict[str, float]:
+    """FLOPs of forward + the input-gradient backward (the weights are frozen: no weight gradients) + the
+    forward recompute under checkpointing: the linear layers' matmuls, and attention's."""
     linear = 2 * tokens * s.n_layer * (s.hidden * s.head_dim * (2 * s.n_head + 2 * s.n_head_kv) + 3 * s.hidden * s.ffn)
-    attention = 2 * 2 * s.n_layer * s.n_head * s.head_dim * tokens * tokens / 2
     passes = 1 + 1 + (1 if checkpointing else 0)  # forward, backward to the inputs, recompute
-    return passes * linear + (passes + 1) * attention  # flash backward does ~2x the attention forward
+    # flash attention's backward does ~2x its forward
+    return {"linear": passes * linear, "attention": (passes + 1) * s.n_layer * attention_flops(s.n_head, s.head_dim,
+                                                                                             tokens)}
 
 
-def matmul_rate(device: str, dtype: str, n: int = 1024) -> float:
-    """FLOP/s of a square matmul in `dtype` on `device` (best of 3)."""
+def _best_time(fn, device: str, tries: int = 3) -> float:
     import time
 
     import torch
 
-    from sealgguf.tune.model import TORCH_DTYPES
-
-    a = torch.randn(n, n, device=device).to(TORCH_DTYPES[dtype])
     best = float("inf")
-    for _ in range(4):
+    for _ in range(tries + 1):  # the first is a warm-up
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        a @ a
+        fn()
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+    return best
+
+
+def measure_rates(device: str, dtype: str, s: ModelShape, n: int = 1024, tokens: int = 2048) -> Rates:
+    """A 1024^2 matmul, and SDPA's causal attention forward + backward over `tokens` in the model's head shape
+    (query heads, head_dim; the KV heads repeated as transformers' eager and SDPA paths see them), as the step
+    calls it: best of 3 each, after a warm-up."""
+    import torch
+    import torch.nn.functional as F
+
+    from sealgguf.tune.model import TORCH_DTYPES
+
+    dt = TORCH_DTYPES[dtype]
+    a = torch.randn(n, n, device=device).to(dt)
+    matmul = 2 * n**3 / _best_time(lambda: a @ a, device)
+    q, k, v = (torch.randn(1, s.n_head, tokens, s.head_dim, device=device).to(dt).requires_grad_() for _ in range(3))
+
+    def attend():
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+
+    attention = 3 * attention_flops(s.n_head, s.head_dim, tokens) / _best_time(attend, device)
+    return Rates(matmul, attention)
 
 
 def available_bytes(device: str) -> int | None:
@@ -155,7 +190,7 @@ def available_bytes(device: str) -> int | None:
 
 
 def make_plan(s: ModelShape, length: int, dtype: str, device: str, checkpointing: bool, keep: bool,
-              rate: float | None = None) -> Plan:
+              rates: Rates | None = None) -> Plan:
     b = DTYPE_BYTES[dtype]
     layer = layer_activation_bytes(s, length, b)
     parts = {
@@ -165,21 +200,20 @@ def make_plan(s: ModelShape, length: int, dtype: str, device: str, checkpointing
         "attention masks": length * length * (2 if s.sliding_window and s.sliding_window < length else 1),
         "logits": 4 * ANCHOR_TOKENS * s.vocab * 4 if keep else 0,
     }
-    rate = rate or matmul_rate(device, dtype)
-    flops = step_flops(s, length, checkpointing)
-    return Plan(device, dtype, length, checkpointing, parts, available_bytes(device), flops, rate, flops / rate)
+    return Plan(device, dtype, length, checkpointing, parts, available_bytes(device), step_flops(s, length, checkpointing),
+                rates or measure_rates(device, dtype, s))
 
 
 def plan_checkpointing(s: ModelShape, length: int, dtype: str, device: str, checkpointing: bool | None, keep: bool,
-                       rate: float | None = None) -> Plan:
+                       rates: Rates | None = None) -> Plan:
     """The plan of a run; checkpointing None ("auto") picks it: off (no recompute, the faster step) when the
     plan without it fits the free memory NO_CHECKPOINT_HEADROOM times over, else on."""
     if checkpointing is not None:
-        return make_plan(s, length, dtype, device, checkpointing, keep, rate)
-    off = make_plan(s, length, dtype, device, False, keep, rate)
+        return make_plan(s, length, dtype, device, checkpointing, keep, rates)
+    off = make_plan(s, length, dtype, device, False, keep, rates)
     if off.available is not None and off.peak * NO_CHECKPOINT_HEADROOM <= off.available:
         return off
-    return make_plan(s, length, dtype, device, True, keep, off.matmul_flops_per_s)
+    return make_plan(s, length, dtype, device, True, keep, off.rates)
 
 
 def check(plan: Plan, where: str) -> None:
