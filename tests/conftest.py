@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -10,6 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 # the tests' own conversion cache (sealgguf.tune.gguf_loader): never the user's, filled by the first load of each model
 os.environ["SEALGGUF_CACHE"] = tempfile.mkdtemp(prefix="sealgguf-test-cache-")
+atexit.register(shutil.rmtree, os.environ["SEALGGUF_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

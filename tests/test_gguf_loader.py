@@ -193,7 +193,8 @@ def test_damaged_conversion_is_converted_again(smollm2, tmp_path, monkeypatch):
     assert load_conversion(src) is None
     reloaded = load(smollm2, "cpu")
     assert load_conversion(src) is not None  # rewritten
-    assert reloaded.encoder.encode("line right-tiger: <4021>") == load_conversion(src).encode("line right-tiger: <4021>")
+    text = "line right-tiger: <4021>"
+    assert reloaded.encoder.encode(text) == load_conversion(src).encode(text)
 
 
 def test_conversion_key_is_the_header(smollm2, tmp_path):

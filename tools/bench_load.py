@@ -86,7 +86,8 @@ def main() -> None:
             size = runs["cached"][0]["model_mib"]
             print(f"| {model} | {dtype} | {secs['transformers']:.1f} | {secs['first']:.1f} | {secs['cached']:.1f} | "
                   f"{secs['transformers'] / secs['first']:.1f}x | {secs['transformers'] / secs['cached']:.1f}x | "
-                  f"{peak['transformers']:.0f} | {peak['first']:.0f} | {peak['cached']:.0f} | {start:.0f} | {size:.0f} | "
+                  f"{peak['transformers']:.0f} | {peak['first']:.0f} | {peak['cached']:.0f} | {start:.0f} | "
+                  f"{size:.0f} | "
                   f"{peak['cached'] / size:.2f} | {(peak['cached'] - start) / size:.2f} | {'yes' if same else 'NO'} |",
                   flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
