@@ -110,9 +110,12 @@ def fast_gguf(saved: Conversion | None = None) -> Iterator[dict[str, dict]]:
     saved_path = os.path.realpath(saved.path) if saved else None
     parsed: dict[str, dict] = {}
 
+    def is_saved(path: str) -> bool:
+        return os.path.realpath(path) == saved_path
+
     @functools.cache
     def reader(path: str, mtime_ns: int):
-        return (skimming_reader if os.path.realpath(path) == saved_path else fast_reader)(path)
+        return (skimming_reader if is_saved(path) else fast_reader)(path)
 
     def cached_reader(path, mode="r"):
         if mode != "r":
@@ -126,7 +129,7 @@ def fast_gguf(saved: Conversion | None = None) -> Iterator[dict[str, dict]]:
 
     @functools.cache
     def metadata(path: str, mtime_ns: int) -> dict:
-        if os.path.realpath(path) == saved_path:
+        if is_saved(path):
             return saved.metadata
         parsed[path] = original_checkpoint(path, return_tensors=False)
         return parsed[path]

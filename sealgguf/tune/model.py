@@ -218,7 +218,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
     else:
         add_bos = bool(getattr(tok, "add_bos_token", False))
     encoder = PromptEncoder(
-        encode=tok.encode if saved else lambda text: tok(text, add_special_tokens=False)["input_ids"],
+        encode=saved.encode if saved else lambda text: tok(text, add_special_tokens=False)["input_ids"],
         bos_id=tok.bos_token_id if add_bos and tok.bos_token_id is not None else None,
         chat_template=getattr(tok, "chat_template", None), bos_text=tok.bos_token or "",
     )
