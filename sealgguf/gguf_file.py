@@ -44,6 +44,22 @@ UINT32, INT32, FLOAT32, STRING, ARRAY = 4, 5, 6, 8, 9
 _TYPE_NAMES = {0: "u8", 1: "i8", 2: "u16", 3: "i16", 4: "u32", 5: "i32", 6: "f32", 7: "bool", 8: "string",
                9: "array", 10: "u64", 11: "i64", 12: "f64"}
 
+
+def array_end(buf, pos: int, sub: int, count: int) -> int:
+    """Where an array of `count` values of GGUF scalar or string type `sub` starting at byte `pos` of `buf` ends;
+    -1 where it would run past the end of `buf`. Strings (a vocabulary has ~10^5) are walked in C++."""
+    if sub in _SCALAR:
+        end = pos + count * struct.calcsize(_SCALAR[sub])
+        return end if end <= len(buf) else -1
+    if sub != STRING:
+        raise ValueError(f"GGUF type {sub} is not a scalar or string type")
+    if pos + count * 8 > len(buf):
+        return -1
+    from sealgguf import _core
+
+    return _core.string_array_end(buf, pos, count)
+
+
 # Keys llama.cpp reads with one fixed type (its model loader refuses any other); "{arch}" is the
 # architecture. A per-layer key may also be an array of i32/u32 with one entry per layer.
 KEY_TYPES: dict[str, int] = {
@@ -159,13 +175,7 @@ class GGUFFile:
                 raise self._fail(f"key '{key}' is an array of invalid GGUF type {sub}")
             if count > MAX_ARRAY:
                 raise self._fail(f"key '{key}': array of {count} elements exceeds llama.cpp's limit")
-            if sub in _SCALAR:
-                return pos + count * struct.calcsize(_SCALAR[sub])
-            if pos + count * 8 > self.size:
-                raise _Truncated()
-            from sealgguf import _core  # a vocabulary has ~10^5 strings: walked in C++
-
-            end = _core.string_array_end(self.buf, pos, count)
+            end = array_end(self.buf, pos, sub, count)
             if end < 0:
                 raise _Truncated()
             return end

@@ -1,5 +1,6 @@
-"""What this machine's CPU can do, read once from the OS (Linux: /proc/cpuinfo flags; elsewhere: nothing).
-Used by eval (llama.cpp's AMX backend) and tune (whether bf16 runs fast on the CPU)."""
+"""What this machine's CPU can do, read once from the OS (Linux: /proc/cpuinfo flags; elsewhere: nothing), and
+how much memory this process holds (Linux: /proc/self/status). Used by eval (llama.cpp's AMX backend), tune
+(whether bf16 runs fast on the CPU) and the benchmarks (resident memory)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,16 @@ def cpu_has_fast_bf16() -> bool:
     """bf16 matrix units (AMX-BF16) or instructions (AVX512-BF16). Without them torch emulates bf16 matmuls,
     slower than fp32."""
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def process_mib(field: str) -> float:
+    """A memory field of /proc/self/status in MiB: "VmRSS" (resident now) or "VmHWM" (the resident high-water
+    mark, reset by writing "5" to /proc/self/clear_refs); NaN where the OS has no such file."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")

@@ -1,6 +1,8 @@
 """The SEAL tuner on the real SmolLM2 (dequantized from its bundled Q4_1 GGUF)."""
 
 import json
+import math
+import os
 
 import numpy as np
 import pytest
@@ -289,6 +291,17 @@ def test_auto_dtype_follows_the_hardware(monkeypatch):
     assert pick_dtype("fp16", "cpu") == "fp16"
     with pytest.raises(SealError, match="--dtype must be one of"):
         pick_dtype("int8", "cpu")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="resident memory is read from Linux's /proc")
+def test_process_memory_follows_what_the_process_touches():
+    from sealgguf.hardware import process_mib
+
+    before = process_mib("VmRSS")
+    held = b"\x01" * (64 << 20)  # written, so every page is resident
+    assert process_mib("VmRSS") - before > 48 and process_mib("VmHWM") >= process_mib("VmRSS") > 0
+    del held
+    assert math.isnan(process_mib("NoSuchField"))
 
 
 def test_bf16_weights_fp32_scales_and_the_same_gradient(smollm2, hf_smollm2):

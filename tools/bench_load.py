@@ -19,23 +19,20 @@ import time
 MODES = ("transformers", "first", "cached")
 
 
-def rss_mib(key: str) -> float:
-    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) / 1024
-
-
 def child(model: str, dtype: str, fast: bool, dump: str) -> dict:
     import torch
     from transformers.utils import logging
 
+    from sealgguf.hardware import process_mib
     from sealgguf.models import resolve
     from sealgguf.tune.model import load
 
     logging.disable_progress_bar()
-    start = rss_mib("VmRSS")  # the interpreter with torch and transformers imported, before the load
+    start = process_mib("VmRSS")  # the interpreter with torch and transformers imported, before the load
     t0 = time.perf_counter()
     lm = load(resolve(model), "cpu", dtype=dtype, fast=fast)
     seconds = time.perf_counter() - t0
-    hwm = rss_mib("VmHWM")
+    hwm = process_mib("VmHWM")
     size = sum(p.numel() * p.element_size() for p in lm.model.parameters()) / 2**20
     if dump:
         torch.save({k: v for k, v in lm.model.state_dict().items()}, dump)

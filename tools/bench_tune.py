@@ -11,7 +11,7 @@ their gradients of the scales on the same sample (SEAL-C, so every channel count
                                          [--dtypes fp32,bf16]
 
 The memory and time plan's estimates (sealgguf.tune.plan, no --keep) are printed beside the measured step:
-"plan MiB" is its peak above the loaded weights, "plan s/step" its matmul-bound time.
+"plan MiB" is its peak above the loaded weights, "plan s/step" its time at the matmul and attention rates it measures.
 """
 
 from __future__ import annotations
@@ -23,17 +23,11 @@ import sys
 import time
 
 
-def _rss_mb(field: str) -> float:
-    for line in open("/proc/self/status"):
-        if line.startswith(field):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def measure(model: str, length: int, device: str, repeat: int, ckpt: bool, dtype: str, grad_out: str) -> dict:
     import torch
     from transformers.utils import logging
 
+    from sealgguf.hardware import process_mib
     from sealgguf.models import resolve
     from sealgguf.tune import pick_device
     from sealgguf.tune.data import make_examples
@@ -56,10 +50,10 @@ def measure(model: str, length: int, device: str, repeat: int, ckpt: bool, dtype
             torch.cuda.reset_peak_memory_stats()
             return torch.cuda.memory_allocated() / 2**20
         open("/proc/self/clear_refs", "w").write("5")  # resets VmHWM to the current RSS
-        return _rss_mb("VmRSS")
+        return process_mib("VmRSS")
 
     def peak(base):
-        return (torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mb("VmHWM")) - base
+        return (torch.cuda.max_memory_allocated() / 2**20 if cuda else process_mib("VmHWM")) - base
 
     def timed(fn):
         fn()  # warm-up

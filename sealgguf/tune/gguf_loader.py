@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sealgguf.fsutil import atomic_output, cache_dir
-from sealgguf.gguf_file import GGUFFile
+from sealgguf.gguf_file import GGUFFile, array_end
 
 # An array field this long is a vocabulary (tokens, scores, token types, merges); a skimming reader only steps over it.
 SKIM_MIN_LENGTH = 4096
@@ -55,8 +55,6 @@ def fast_reader_class(skim: bool = False):
     reader only for its tensors."""
     import gguf
 
-    from sealgguf import _core
-
     class FastGGUFReader(gguf.GGUFReader):
         def _get_field_parts(self, orig_offs: int, raw_type: int):
             if raw_type != gguf.GGUFValueType.ARRAY or self.byte_order != "I":
@@ -65,9 +63,8 @@ def fast_reader_class(skim: bool = False):
             sub, n, offs = gguf.GGUFValueType(int(itype[0])), int(alen[0]), orig_offs + 12
             parts: list = [itype, alen]
             if skim and n >= SKIM_MIN_LENGTH and (sub == gguf.GGUFValueType.STRING or sub in self.gguf_scalar_to_np):
-                end = (_core.string_array_end(self.data, offs, n) if sub == gguf.GGUFValueType.STRING
-                       else offs + n * np.dtype(self.gguf_scalar_to_np[sub]).itemsize)
-                if end < 0 or end > len(self.data):
+                end = array_end(self.data, offs, int(sub), n)
+                if end < 0:
                     raise ValueError(f"array at offset {orig_offs} runs past the end of the file")
                 return end - orig_offs, parts, [], [gguf.GGUFValueType.ARRAY, sub]
             if sub == gguf.GGUFValueType.STRING:
