@@ -254,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--windows", type=int, default=64, help="256-token essay windows (default 64)")
     p.add_argument("--gram", choices=("auto", "yes", "no"), default="auto",
                    help="write the Gram matrices (n_layer x n^2 x 4 bytes; auto: when that is at most 4 GiB)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
+    p.add_argument("--device-map", choices=("auto",), help="auto: spread the model with accelerate over every GPU, "
+                   "then CPU RAM (as tune --device-map auto)")
+    p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
+                   help="dtype of the weights and the forward pass; the sums stay float64 (default fp32; seal "
+                        "collects in its tuning run's dtype; auto as tune's --dtype)")
 
     p = sub.add_parser("heads", help="which attention heads help retrieval and which hurt it: a layer x head map",
                        description="Remove each attention head in turn (its output scaled to 0 before o_proj) and "
@@ -424,7 +430,11 @@ def cmd_imatrix(args) -> int:
     if args.windows < 1:
         raise SealError(f"--windows must be >= 1, got {args.windows}")
     gram = {"auto": None, "yes": True, "no": False}[args.gram]
-    tokens, with_gram = collect_to(args.output, resolve(args.model), args.windows, args.progress, gram)
+    from sealgguf.tune import pick_device, pick_dtype
+
+    device = pick_device(args.device)
+    tokens, with_gram = collect_to(args.output, resolve(args.model), args.windows, args.progress, gram, device,
+                                   pick_dtype(args.dtype, device), args.device_map)
     print(f"wrote {args.output}: attn_output importance" + (" and Gram matrices" if with_gram else "")
           + f" over {tokens} tokens of essay text")
     return 0

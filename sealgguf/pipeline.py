@@ -31,9 +31,10 @@ def report_paths(out: Path) -> dict[str, Path]:
             for k in ("scales.safetensors", "imatrix.gguf", "report.json", "report.md", "report.png")}
 
 
-def pick_imatrix(opt: SealOptions, model: Path, scales: Path, path: Path, progress: bool) -> Path | None:
+def pick_imatrix(opt: SealOptions, model: Path, scales: Path, path: Path, tuned: dict) -> Path | None:
     """The imatrix for the fold: the given file; with "auto", one collected from essay text (sealgguf.imatrix,
-    written to `path`) when the scales vary inside quant blocks, none when every block folds exactly."""
+    written to `path`) when the scales vary inside quant blocks, none when every block folds exactly. It is
+    collected on the device and in the dtype the tuning run (`tuned`, run_tune's record) loaded the model with."""
     from sealgguf.fold import requantizes
 
     if opt.imatrix in (None, "none"):
@@ -44,7 +45,8 @@ def pick_imatrix(opt: SealOptions, model: Path, scales: Path, path: Path, progre
         return None
     from sealgguf.imatrix import collect_to
 
-    collect_to(path, model, progress=progress)
+    collect_to(path, model, progress=opt.tune.progress, device=tuned["device"], dtype=tuned["dtype"],
+               device_map=tuned["device_map"])
     return path
 
 
@@ -110,7 +112,7 @@ def seal(opt: SealOptions) -> dict:
     tune_info = run_tune(replace(t, model=str(model_path), out=paths["scales.safetensors"]))
     kl = exact_kl(model_path, paths["scales.safetensors"], opt.ppl_windows, opt.threads, opt.gpu_layers) \
         if opt.ppl_windows else None
-    imatrix = pick_imatrix(opt, model_path, paths["scales.safetensors"], paths["imatrix.gguf"], t.progress)
+    imatrix = pick_imatrix(opt, model_path, paths["scales.safetensors"], paths["imatrix.gguf"], tune_info)
     if imatrix is None:
         paths.pop("imatrix.gguf")
     folded = fold_file(model_path, paths["scales.safetensors"], opt.out, threads=opt.threads or 0,

@@ -124,6 +124,19 @@ def test_collect_measures_every_attn_output(smollm2, tmp_path):
         assert v.shape == (576,) and np.isfinite(v).all() and (v >= 0).all() and v.max() > 0
 
 
+def test_collect_in_bf16_measures_what_fp32_does(smollm2):
+    """seal collects in its tuning run's dtype (no fp32 copy of a bf16 run's model): the same importance, to
+    bf16's precision."""
+    from sealgguf.imatrix import collect
+
+    fp32, _, _ = collect(smollm2, windows=1)
+    bf16, tokens, _ = collect(smollm2, windows=1, dtype="bf16")
+    assert tokens == 256 and bf16.keys() == fp32.keys()
+    for name in fp32:
+        rel = np.linalg.norm(bf16[name] - fp32[name]) / np.linalg.norm(fp32[name])
+        assert 0 < rel < 0.05, (name, rel)
+
+
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
 def test_requantizes_predicts_the_engine(model, request, tmp_path):
     """seal collects an imatrix only when requantizes() says the fold will requantize: it must agree with the
