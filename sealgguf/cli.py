@@ -78,6 +78,17 @@ def _lr(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'auto', got {text!r}") from None
 
 
+def _max_memory(text: str) -> dict:
+    """'0=20GiB,cpu=64GiB' -> {0: '20GiB', 'cpu': '64GiB'}: accelerate's max_memory (GPU indices as ints)."""
+    out: dict = {}
+    for part in text.split(","):
+        dev, sep, size = part.strip().partition("=")
+        if not sep or not size or not (dev.isdigit() or dev in ("cpu", "disk", "mps")):
+            raise argparse.ArgumentTypeError(f"expected DEVICE=SIZE pairs such as 0=20GiB,cpu=64GiB, got {part!r}")
+        out[int(dev) if dev.isdigit() else dev] = size
+    return out
+
+
 def _names(text: str) -> list[str]:
     return _list(str, text, "names")
 
@@ -110,6 +121,10 @@ def _add_tune_args(p: argparse.ArgumentParser) -> None:
                    "GPU, then CPU RAM, then --offload-folder (transformers' big-model placement); activations move "
                    "from device to device and the backward pass follows them. For models larger than one GPU")
     g.add_argument("--offload-folder", help="folder for layers --device-map auto offloads to disk")
+    g.add_argument("--max-memory", type=_max_memory, metavar="DEV=SIZE,...",
+                   help="with --device-map auto: the most each device may hold, as accelerate's max_memory, e.g. "
+                        "0=20GiB,cpu=64GiB (GPU index or cpu, then a size); what does not fit goes to the next "
+                        "device, then CPU RAM (offloaded: run on the GPU), then --offload-folder")
     g.add_argument("--fsdp", action="store_true",
                    help="under torchrun / accelerate launch: shard the frozen weights over the processes (torch "
                         "FSDP2, one unit per decoder layer) for a model one device cannot hold; each process "
@@ -368,7 +383,8 @@ def _tune_options(args, out: Path):
 
     return TuneOptions(
         model=args.model, out=out, tasks=args.task, granularity=args.granularity, exact_fold=args.exact_fold,
-        device_map=args.device_map, offload_folder=args.offload_folder, fsdp=args.fsdp,
+        device_map=args.device_map, offload_folder=args.offload_folder, max_memory=args.max_memory,
+        fsdp=args.fsdp,
         length=args.length,
         samples=args.samples, lr=args.lr, epochs=args.epochs, keep=args.keep, seed=args.seed, device=args.device,
         dtype=args.dtype,
@@ -394,7 +410,8 @@ def cmd_tune(args) -> int:
     print(f"wrote {args.output}: {args.granularity} scales "
           f"{info['scale_min']:.3f}..{info['scale_max']:.3f}; loss {info['loss_first']:.3f} -> "
           f"{info['loss_last10']:.3f} (last 10); validation exact match {info['val_exact_match_before']:.2f} -> "
-          f"{info['val_exact_match_after']:.2f}; {info['seconds']} s on {info['device']}")
+          f"{info['val_exact_match_after']:.2f}; {info['seconds']} s on {info['device']}"
+          + (f"; peak {info['peak_mib']} MiB (plan {info['plan_peak_mib']})" if info.get("peak_mib") else ""))
     return 0
 
 

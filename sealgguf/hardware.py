@@ -1,9 +1,11 @@
-"""What this machine's CPU can do, read once from the OS (Linux: /proc/cpuinfo flags; elsewhere: nothing), and
-how much memory this process holds (Linux: /proc/self/status). Used by eval (llama.cpp's AMX backend), tune
-(whether bf16 runs fast on the CPU) and the benchmarks (resident memory)."""
+"""What this machine's CPU can do, read once from the OS (Linux: /proc/cpuinfo flags; elsewhere: nothing); how
+much memory this process holds (Linux: /proc/self/status); and handing the C heap's free memory back (glibc's
+malloc_trim). Used by eval (llama.cpp's AMX backend), tune (whether bf16 runs fast on the CPU; its peak memory; the
+heap after the tokenizer is read) and the benchmarks (resident memory)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 
@@ -41,3 +43,22 @@ def process_mib(field: str) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+@functools.cache
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:
+        return None
+
+
+def trim_heap() -> None:
+    """Hand the C heap's free memory back to the system (glibc's malloc_trim; a no-op elsewhere). glibc keeps
+    what a parse freed for reuse, but the weights that come next are allocated with mmap and never reuse it:
+    reading Gemma 3's saved tokenizer leaves 194 MiB of its JSON parse resident (measured)."""
+    with contextlib.suppress(AttributeError, TypeError):
+        _libc().malloc_trim(0)

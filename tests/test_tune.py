@@ -1,5 +1,6 @@
 """The SEAL tuner on the real SmolLM2 (dequantized from its bundled Q4_1 GGUF)."""
 
+import argparse
 import json
 import math
 import os
@@ -128,8 +129,9 @@ def test_short_real_tuning_run(smollm2, tmp_path):
     assert not np.all(s.values == 1.0)
     assert np.isfinite(info["val_loss_before"]) and np.isfinite(info["val_loss_after"]) and info["kl_last10"] is None
     for k in ("task", "length", "samples", "lr", "epochs", "seed", "arch", "source_sha256", "rope_scaling",
-              "val_loss_after", "dtype", "checkpointing"):
+              "val_loss_after", "dtype", "checkpointing", "peak_mib", "plan_peak_mib"):
         assert k in s.metadata
+    assert info["peak_mib"] > info["plan_peak_mib"] > 0  # on CPU the peak is the process's, loading included
     assert info["checkpointing"] is False  # --checkpointing auto: 256 tokens fit without recompute
     res = fold_file(smollm2, out, tmp_path / "sealed.gguf")
     assert res.blocks("blocks_requantized") == 0
@@ -357,14 +359,21 @@ def test_lr_auto_needs_validation_samples(smollm2, tmp_path):
         _tiny_tune(smollm2, tmp_path / "x.safetensors", lr="fast")
 
 
-def test_a_split_model_gives_the_same_gradients(smollm2, hf_smollm2, tmp_path):
-    """--device-map: accelerate places half the layers on disk (weights loaded by its hooks when the layer runs);
-    with activation checkpointing on, the scales' loss and gradient equal the unsplit model's."""
+SPLIT = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu",
+         **{f"model.layers.{i}": "cpu" if i < 15 else "disk" for i in range(30)}}
+
+
+@pytest.mark.parametrize("device_map, max_memory", [(SPLIT, None), ("auto", {"cpu": "150MiB"})],
+                         ids=["explicit", "auto-max-memory"])
+def test_a_split_model_gives_the_same_gradients(smollm2, hf_smollm2, tmp_path, device_map, max_memory):
+    """--device-map: accelerate places half the layers on disk (weights loaded by its hooks when the layer runs),
+    by an explicit map or by `auto` under a --max-memory cap; with activation checkpointing on, the scales' loss
+    and gradient equal the unsplit model's."""
     from sealgguf.tune.model import load
 
-    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.norm": "cpu", "lm_head": "cpu"}
-    device_map.update({f"model.layers.{i}": "cpu" if i < 15 else "disk" for i in range(30)})
-    split = load(smollm2, "cpu", device_map=device_map, offload_folder=str(tmp_path))
+    split = load(smollm2, "cpu", device_map=device_map, offload_folder=str(tmp_path), max_memory=max_memory)
+    placed = split.model.hf_device_map
+    assert set(placed.values()) == {"cpu", "disk"} and placed["model.layers.0"] == "cpu", placed
     assert hasattr(split.model.model.layers[20].self_attn.q_proj, "_hf_hook")  # accelerate's hooks are in
     assert split.model.model.layers[20].self_attn.q_proj.weight.device.type == "meta"  # weights on disk
     ex = make_examples(["lines"], 1, 300, hf_smollm2.encoder, "train")[0]
@@ -423,6 +432,25 @@ def test_two_gloo_processes_match_one(smollm2, tmp_path):
         assert json.loads(two.metadata["loss_first"]) == pytest.approx(info["loss_first"], rel=1e-4)
 
 
+def test_max_memory_option():
+    """--max-memory is accelerate's max_memory: GPU indices as ints, sizes as given; it needs --device-map."""
+    from sealgguf.cli import _max_memory, main
+
+    assert _max_memory("0=20GiB,1=30GiB,cpu=64GiB") == {0: "20GiB", 1: "30GiB", "cpu": "64GiB"}
+    for bad in ("20GiB", "gpu=1GiB", "0=", "0=1GiB,,cpu=2GiB"):
+        with pytest.raises(argparse.ArgumentTypeError, match="DEVICE=SIZE"):
+            _max_memory(bad)
+    with pytest.raises(SystemExit) as e:
+        main(["tune", "smollm2", "-o", "x.safetensors", "--max-memory", "0"])
+    assert e.value.code == 2
+
+
+def test_max_memory_needs_a_device_map(smollm2, tmp_path):
+    with pytest.raises(SealError, match="add --device-map auto"):
+        _tiny_tune(smollm2, tmp_path / "x.safetensors", max_memory={"cpu": "1GiB"})
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_fsdp_needs_processes_and_even_steps(smollm2, tmp_path, monkeypatch):
     from sealgguf.tune import TuneOptions, check_fsdp
 
@@ -435,3 +463,4 @@ def test_fsdp_needs_processes_and_even_steps(smollm2, tmp_path, monkeypatch):
                           (dict(device_map="auto"), "one of them")):
         with pytest.raises(SealError, match=match):
             check_fsdp(TuneOptions(**{**opt.__dict__, **change}))
+

@@ -44,6 +44,7 @@ class TuneOptions:
     device: str = "auto"
     device_map: str | None = None  # "auto": accelerate spreads the layers over every GPU, then CPU, then disk
     offload_folder: str | None = None  # where --device-map auto may offload layers to disk
+    max_memory: dict | None = None  # --device-map auto: accelerate's per-device limits ({0: "20GiB", "cpu": ...})
     fsdp: bool = False             # under torchrun: shard the frozen weights over the processes (torch FSDP2)
     dtype: str = "auto"            # the frozen weights' storage and compute dtype; scales and AdamW stay fp32
     rope: RopeScaling = field(default_factory=RopeScaling)  # applied while tuning; fold writes it to the GGUF
@@ -121,6 +122,7 @@ def pick_dtype(dtype: str, device: str) -> str:
 def run_tune(opt: TuneOptions) -> dict:
     import torch
 
+    from sealgguf import hardware
     from sealgguf import scales as scales_file
     from sealgguf.fsutil import sha256_file
     from sealgguf.models import resolve
@@ -151,6 +153,8 @@ def run_tune(opt: TuneOptions) -> dict:
     dtype = pick_dtype(opt.dtype, device)
     if opt.fsdp:
         check_fsdp(opt)
+    if opt.max_memory and opt.device_map is None:
+        raise SealError("--max-memory limits what --device-map auto places on each device: add --device-map auto")
     torch.manual_seed(opt.seed)
     path = resolve(opt.model)
     plan = tuning_plan(path, opt, device, dtype)
@@ -159,7 +163,7 @@ def run_tune(opt: TuneOptions) -> dict:
     if opt.device_map is None and not opt.fsdp:
         check_plan(plan, str(path))  # the plan models one device; a device map or FSDP spreads the layers
     lm = load(path, "cpu" if opt.fsdp else device, opt.rope, dtype, device_map=opt.device_map,
-              offload_folder=opt.offload_folder)
+              offload_folder=opt.offload_folder, max_memory=opt.max_memory)
     if opt.fsdp:
         shard(lm.model, device)
     limit = opt.self_extend.context(lm.rope.context(lm.layout.context_length))
@@ -193,7 +197,13 @@ def run_tune(opt: TuneOptions) -> dict:
                       checkpoint_path=Path(str(opt.out) + ".ckpt.pt"))
     seal = new_scales()
     t0 = time.time()
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(device)
     result = train(lm.model, seal, train_set, val_set, cfg, device, anchors)
+    # the training's peak, to set beside the plan's: the tensors CUDA's allocator handed out on the tuning device
+    # (the weights included); on CPU the process's resident high-water mark, loading included
+    peak_mib = (torch.cuda.max_memory_allocated(device) if device.startswith("cuda") else
+                hardware.process_mib("VmHWM") * 2**20) / 2**20
     values, factors = seal.values(), seal.factors()
     seal.detach_hooks()
 
@@ -206,9 +216,13 @@ def run_tune(opt: TuneOptions) -> dict:
         "arch": lm.layout.arch, "n_layer": lm.layout.n_layer,
         "n_head": lm.layout.n_head, "n_head_kv": lm.layout.n_head_kv, "head_dim": lm.layout.head_dim,
         "source": str(path), "source_sha256": sha256_file(path) if lm.is_gguf else "",
-        "device": device, "device_map": opt.device_map, "fsdp": True if opt.fsdp else None, "dtype": dtype,
+        "device": device, "device_map": opt.device_map,
+        "max_memory": ",".join(f"{k}={v}" for k, v in opt.max_memory.items()) if opt.max_memory else None,
+        "fsdp": True if opt.fsdp else None, "dtype": dtype,
         "checkpointing": plan.checkpointing,
         "seconds": round(time.time() - t0, 1),
+        "peak_mib": round(peak_mib) if math.isfinite(peak_mib) else None,
+        "plan_peak_mib": round(plan.peak / 2**20),
         "val_exact_match_before": result.val_before, "val_exact_match_after": result.val_after,
         "val_loss_before": result.val_loss_before, "val_loss_after": result.val_loss_after,
         "loss_first": result.losses[0] if result.losses else None,

@@ -192,17 +192,6 @@ def load_tensors(reader, parsed: dict, model, torch_dtype) -> dict:
     return tensors
 
 
-def trim_heap() -> None:
-    """Hand the C heap's free memory back to the system (glibc's malloc_trim; a no-op elsewhere). glibc keeps
-    what a parse freed for reuse, but the weights that come next are allocated with mmap and never reuse it:
-    reading Gemma 3's saved tokenizer leaves 194 MiB of its JSON parse resident (measured)."""
-    import ctypes
-    import ctypes.util
-
-    with contextlib.suppress(OSError, AttributeError, TypeError):
-        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
-
-
 def page_dropper(data: np.ndarray):
     """A function that takes a read range of a read-only np.memmap out of the process's resident set (madvise
     MADV_DONTNEED: the pages stay in the page cache, and map back in if read again), so that the file's pages do

@@ -159,12 +159,14 @@ TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.flo
 
 
 def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype: str = "fp32",
-         fast: bool = True, device_map: str | dict | None = None, offload_folder: str | None = None) -> LoadedModel:
+         fast: bool = True, device_map: str | dict | None = None, offload_folder: str | None = None,
+         max_memory: dict | None = None) -> LoadedModel:
     """The frozen model in `dtype` (fp32, bf16, fp16) on `device`, its layout and its prompt encoder.
     fast=False loads a GGUF the way transformers alone does (kept for tools/bench_load.py). `device_map`
     ("auto" or a module -> device dict) places the layers with accelerate instead, as transformers'
     big-model loading does: every GPU, then CPU, then `offload_folder` on disk; accelerate's hooks move the
-    activations from device to device, and the backward pass follows them."""
+    activations from device to device, and the backward pass follows them; `max_memory` caps each device
+    (accelerate's {0: "20GiB", "cpu": "64GiB"})."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     is_gguf = model_path.is_file()
@@ -185,6 +187,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         gguf_layout = read_layout(src, model_path)  # one-line errors before transformers
         block_sizes = [gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name]][0]
                        for name in gguf_layout.attn_output_types]
+    from sealgguf import hardware
     from sealgguf.tune import gguf_loader
 
     if is_gguf and fast:
@@ -200,7 +203,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
         # the tokenizer first: its conversion's transient memory (Gemma 3's 262k vocabulary: ~0.5 GiB) then
         # comes and goes before the model's weights exist, not on top of them
         tok = saved or AutoTokenizer.from_pretrained(folder, **kw)
-        gguf_loader.trim_heap()  # what the tokenizer's parse or conversion freed, before the weights arrive
+        hardware.trim_heap()  # what the tokenizer's parse or conversion freed, before the weights arrive
         model = AutoModelForCausalLM.from_pretrained(folder, config=config, dtype=TORCH_DTYPES[dtype], **model_kw)
     if is_gguf and fast and saved is None and len(parsed) == 1:
         gguf_loader.save_conversion(src, next(iter(parsed.values())), tok)
@@ -208,7 +211,7 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
     if device_map is None:
         model.to(device)
     else:
-        place(model, device_map, offload_folder)
+        place(model, device_map, offload_folder, max_memory)
     model.config.use_cache = False
 
     if is_gguf:
@@ -225,15 +228,18 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
     return LoadedModel(model, layout, encoder, model_path, is_gguf, rope, block_sizes)
 
 
-def place(model: nn.Module, device_map: str | dict, offload_folder: str | None = None) -> dict:
+def place(model: nn.Module, device_map: str | dict, offload_folder: str | None = None,
+          max_memory: dict | None = None) -> dict:
     """Spread a loaded model with accelerate: "auto" fills every GPU, then CPU RAM, then `offload_folder` (its
     infer_auto_device_map, decoder layers never split); a dict places modules by name ("cpu", "disk", GPU
-    index). accelerate's hooks then move activations between devices and load offloaded weights when their
-    layer runs. The model is loaded into CPU RAM first (transformers refuses disk offload for GGUF files)."""
+    index); `max_memory` caps each device for "auto". accelerate's hooks then move activations between devices
+    and load offloaded weights when their layer runs. The model is loaded into CPU RAM first (transformers
+    refuses disk offload for GGUF files)."""
     from accelerate import dispatch_model, infer_auto_device_map
 
     if device_map == "auto":
-        device_map = infer_auto_device_map(model, no_split_module_classes=model._no_split_modules,
+        device_map = infer_auto_device_map(model, max_memory=max_memory,
+                                           no_split_module_classes=model._no_split_modules,
                                            dtype=next(model.parameters()).dtype)
     if "disk" in device_map.values() and not offload_folder:
         raise SealError("the device map offloads layers to disk: give an offload folder")
