@@ -134,7 +134,9 @@ def main() -> None:
                 grad = f"{tmp}/{dtype}-{length}.npy" if not ckpt else ""
                 r = subprocess.run([sys.executable, __file__, "--model", args.model, "--device", args.device,
                                     "--repeat", str(args.repeat), "--child", str(length), "--ckpt", str(ckpt),
-                                    "--dtype", dtype, "--grad-out", grad], capture_output=True, text=True, check=True)
+                                    "--dtype", dtype, "--grad-out", grad], capture_output=True, text=True)
+                if r.returncode:
+                    sys.exit(f"{length} tokens, {dtype}, checkpointing {ckpt}: the child failed\n{r.stderr[-3000:]}")
                 m[ckpt] = json.loads(r.stdout.strip().splitlines()[-1])
             g = np.load(f"{tmp}/{dtype}-{length}.npy").ravel().astype(np.float64)
             first = first or (m, g)
