@@ -119,3 +119,16 @@ def test_a_run_whose_gguf_is_missing_is_folded_again_from_its_scales(tmp_path):
     assert path == tmp_path / "tune" / "run.gguf" and path.is_file()
     assert open_gguf(path).get("seal.fold.exact") is not None
     assert r.model_path("other") == tmp_path / "tune" / "other.gguf" and not (tmp_path / "tune" / "other.gguf").exists()
+
+
+def test_a_run_scored_at_another_length_is_paired_there(work, tmp_path):
+    """A run tuned elsewhere at one length and scored at another (the cuda step: tuned at 8192 on a GPU, scored
+    at 8000) takes its row from the cell it was scored on, and says where it was tuned."""
+    t = _tune(work, "gpu-run", 2e-2, 0.2)
+    t.update(length=8192, eval_length=8000, dtype="bf16", tuned_on="cuda")
+    (work / "tune" / "gpu-run.json").write_text(json.dumps(t))
+    _eval(work, "smollm2", "lines", [False, False, False, True], length=8000)
+    _eval(work, "gpu-run", "lines", [True, True, False, True], length=8000)
+    text = results_report.write_report(work, None, tmp_path / "docs", None, "python tools/reproduce.py")
+    row = next(line for line in text.splitlines() if line.startswith("| smollm2 | lines @8192 (scored @8000)"))
+    assert "| H bf16 cuda |" in row and "0.25 → 0.75 | +0.50" in row

@@ -26,8 +26,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("sweep", "lr", "channel", "samples", "keep", "mix", "ood", "gemma", "exact", "bf16", "long", "extend",
-         "selfextend", "report")
-QUICK_STEPS = tuple(s for s in STEPS if s not in ("long", "extend", "selfextend"))  # 8K/16K: hours on a CPU
+         "selfextend", "cuda", "report")
+QUICK_STEPS = tuple(s for s in STEPS if s not in ("long", "extend", "selfextend", "cuda"))  # 8K/16K: hours on a CPU
+# Scales tuned on a CUDA machine (tools/cuda_checks.sh: an H200, bf16, the model's full window), taken in by the
+# cuda step: folded, checked and scored here. Run name -> (model, scales file, the length it is scored at).
+CUDA_DIR = ROOT / "docs" / "results" / "cuda"
+CUDA_RUNS = {
+    # the default recipe at SmolLM2's window; 2 epochs had the lowest validation loss of the CUDA runs
+    "smollm2-lines8192-C-lr0.02-keep10-s50-ep2-bf16-cuda": ("smollm2", "smollm2-8192-C-ep2.safetensors", 8000),
+    "smollm2-lines8192-C-lr0.02-keep10-s50-bf16-cuda": ("smollm2", "smollm2-8192-C.safetensors", 8000),
+    "smollm2-lines8192-C-exact-lr0.02-keep10-s50-ep2-bf16-cuda": ("smollm2", "smollm2-8192-C-exact-ep2.safetensors",
+                                                                  8000),
+}
 
 
 @dataclass
@@ -55,6 +65,7 @@ class Plan:
     extend_tune_length: int = 1024                 # tuning under the scaling at 16K: hours per pass on a CPU
     self_extend: tuple[int, int] = (2, 256)        # G, W: 16K fits SmolLM2's 8K window only with W <= ~330 at G = 2
     n_selfextend: int = 10                         # 16K with Self-Extend: ~200 s a sample
+    n_cuda: int = 20                               # the cuda step's cells: the 8K cells scored so far are n = 20
     ppl_windows: int = 4                           # knowledge check: 4 x 512 essay tokens
     val_samples: int = 20
 
@@ -180,6 +191,39 @@ class Runner:
         return self._cached(self.work / "tune" / f"{name}.json", compute)
 
 
+def adopt(r: Runner, name: str, model: str, scales_src: Path, score_length: int) -> dict:
+    """A run tuned on another machine, taken in from its scales file: folded and checked here as Runner.tune
+    does, its record made from the file's metadata (tune's own record of the run), scored at `score_length`."""
+    import shutil
+
+    from safetensors import safe_open
+
+    from sealgguf.eval.knowledge import knowledge_check
+
+    scales, gguf = r.work / "tune" / f"{name}.scales.safetensors", r.work / "tune" / f"{name}.gguf"
+
+    def compute() -> dict:
+        print(f"  adopt {name}: {scales_src.name}", flush=True)
+        shutil.copy2(scales_src, scales)
+        with safe_open(str(scales), framework="numpy") as f:
+            meta = dict(f.metadata())
+            values = [f.get_tensor(k) for k in f.keys()]
+        num = lambda k: float(meta[k])  # noqa: E731 (safetensors metadata is text)
+        tune = {k: num(k) for k in ("seconds", "val_exact_match_before", "val_exact_match_after", "val_loss_before",
+                                    "val_loss_after")}
+        tune.update(device=meta["device"], epochs=int(meta["epochs"]), scale_min=float(min(v.min() for v in values)),
+                    scale_max=float(max(v.max() for v in values)), peak_mib=meta.get("peak_mib"))
+        folded = r.fold(model, scales, gguf)
+        know = knowledge_check([r.model_path(model), gguf], ["base", "sealed"], r.plan.ppl_windows, r.threads)
+        return {"name": name, "model": model, "tasks": meta["task"].split(","), "granularity": meta["granularity"],
+                "length": int(meta["length"]), "eval_length": score_length, "samples": int(meta["samples"]),
+                "lr": num("lr"), "keep": num("keep"), "rope": ["none", 0.0], "exact_fold": meta["form"] == "factorized",
+                "self_extend": [1, 0], "dtype": meta["dtype"], "fold_blocks_requantized": folded.blocks(
+                    "blocks_requantized"), "tune": tune, "losses": [], "fold_rel_rmse": folded.rel_rmse_by_type(),
+                "knowledge": know, "tuned_on": meta["device"]}
+    return r._cached(r.work / "tune" / f"{name}.json", compute)
+
+
 def shipped_default(r: Runner, length: int, rope: tuple[str, float] = ("none", 0.0), dtype: str = "fp32",
                     n_eval: int | None = None) -> dict:
     """The configuration `sealgguf tune` ships with (sealgguf.tune's defaults), tuned on SmolLM2 lines, optionally
@@ -274,6 +318,9 @@ def run_steps(r: Runner, steps: list[str]) -> None:
         for task, n_tok in p.ood.items():  # out of domain, beside the untied default (the ood step's cells)
             for model in ("smollm2", shipped, exact["smollm2"]):
                 r.eval(model, task, n_tok, p.n_ood)
+        for task, n_tok in p.ood.items():  # and on Gemma 3, where the exact fold is the candidate default
+            for model in ("gemma3", exact["gemma3"]):
+                r.eval(model, task, n_tok, p.n_ood)
         for LL in p.long_lengths[:1]:  # length transfer
             for model in ("smollm2", shipped, exact["smollm2"]):
                 r.eval(model, "lines", LL, p.n_ood)
@@ -329,6 +376,12 @@ def run_steps(r: Runner, steps: list[str]) -> None:
         for model in ("smollm2", run["name"]):  # the tuning cell, for the tuned-runs table
             r.eval(model, "lines", T, p.n_eval, self_extend=se)
         r.eval(shipped_default(r, L)["name"], task, E, n, self_extend=se)
+    if "cuda" in steps:
+        print("step cuda: scales tuned on a CUDA machine at the model's window, scored here in llama.cpp", flush=True)
+        for name, (model, file, length) in CUDA_RUNS.items():
+            adopt(r, name, model, CUDA_DIR / file, length)
+            r.eval(model, "lines", length, p.n_cuda)
+            r.eval(name, "lines", length, p.n_cuda)
 
 
 def keep_raw(work: Path, raw: Path) -> None:

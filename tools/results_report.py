@@ -49,7 +49,7 @@ def base_of(run: dict) -> str:
 def eval_cell(run: dict) -> tuple[str, int, tuple]:
     task = run["tasks"][0] if len(run["tasks"]) == 1 else "lines"
     rope = ("none", 1.0) if run["rope"][0] == "none" else (run["rope"][0], float(run["rope"][1]))
-    return task, run["length"], rope
+    return task, run.get("eval_length", run["length"]), rope  # eval_length: a run scored at another length
 
 
 def fmt_cmp(p) -> str:
@@ -88,9 +88,11 @@ def tuned_table(evals: list[dict], tunes: list[dict]) -> str:
         ppl_b, ppl_s = k["perplexity"]["base"], k["perplexity"]["sealed"]
         rope_txt = "" if rope[0] == "none" else f" {rope[0]}×{rope[1]:g}"
         kind = (run["granularity"][0].upper() + (" exact" if run.get("exact_fold") else "")  # exact: --exact-fold
-                + (f" {run['dtype']}" if run.get("dtype", "fp32") != "fp32" else ""))  # runs without one are fp32
+                + (f" {run['dtype']}" if run.get("dtype", "fp32") != "fp32" else "")  # runs without one are fp32
+                + (f" {run['tuned_on']}" if run.get("tuned_on", "cpu") != "cpu" else ""))  # tuned elsewhere
+        scored = f" (scored @{length})" if length != run["length"] else ""
         out.append(
-            f"| {run['model']} | {'+'.join(run['tasks'])} @{length}{rope_txt} | {kind} "
+            f"| {run['model']} | {'+'.join(run['tasks'])} @{run['length']}{rope_txt}{scored} | {kind} "
             f"| {run['lr']:g} | {run.get('keep', 0):g} | {run['samples']} | {t['seconds']:.0f} "
             f"| {t['val_loss_before']:.2f} → {t['val_loss_after']:.2f} "
             f"| {t['val_exact_match_before']:.2f} → {t['val_exact_match_after']:.2f} "
