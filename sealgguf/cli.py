@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N (default: cuda when available)")
     p.add_argument("--device-map", choices=("auto",), help="auto: spread the model with accelerate over every GPU, "
                    "then CPU RAM (as tune --device-map auto)")
+    p.add_argument("--max-memory", type=_max_memory, metavar="DEV=SIZE,...",
+                   help="with --device-map auto: the most each device may hold (as tune --max-memory)")
     p.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
                    help="dtype of the weights and the forward pass; the sums stay float64 (default fp32; seal "
                         "collects in its tuning run's dtype; auto as tune's --dtype)")
@@ -450,8 +452,10 @@ def cmd_imatrix(args) -> int:
     from sealgguf.tune import pick_device, pick_dtype
 
     device = pick_device(args.device)
+    if args.max_memory and not args.device_map:
+        raise SealError("--max-memory limits what --device-map auto places on each device: add --device-map auto")
     tokens, with_gram = collect_to(args.output, resolve(args.model), args.windows, args.progress, gram, device,
-                                   pick_dtype(args.dtype, device), args.device_map)
+                                   pick_dtype(args.dtype, device), args.device_map, args.max_memory)
     print(f"wrote {args.output}: attn_output importance" + (" and Gram matrices" if with_gram else "")
           + f" over {tokens} tokens of essay text")
     return 0

@@ -183,30 +183,30 @@ AUTO_GRAM_BYTES = 4 << 30  # gram=None collects the Gram matrices when all of th
 
 
 def collect_to(path: str | Path, model_path: str | Path, windows: int = WINDOWS, progress: bool = False,
-               gram: bool | None = None, device: str = "cpu", dtype: str = "fp32", device_map: str | None = None
-               ) -> tuple[int, bool]:
+               gram: bool | None = None, device: str = "cpu", dtype: str = "fp32", device_map: str | None = None,
+               max_memory: dict | None = None) -> tuple[int, bool]:
     """collect() and write the result as a GGUF imatrix at `path`; returns the token count and whether the Gram
     matrices were written."""
-    importance, tokens, grams = collect(model_path, windows, progress, gram, device, dtype, device_map)
+    importance, tokens, grams = collect(model_path, windows, progress, gram, device, dtype, device_map, max_memory)
     write_imatrix(path, importance, {k: tokens for k in importance}, "sealgguf essay windows", WINDOW, windows, grams)
     return tokens, grams is not None
 
 
 def collect(model_path: str | Path, windows: int = WINDOWS, progress: bool = False, gram: bool | None = False,
-            device: str = "cpu", dtype: str = "fp32", device_map: str | None = None
+            device: str = "cpu", dtype: str = "fp32", device_map: str | None = None, max_memory: dict | None = None
             ) -> tuple[dict[str, np.ndarray], int, dict[str, np.ndarray] | None]:
     """attn_output's importance (mean square of each input column) over `windows` x WINDOW tokens of essay text, in
     transformers on the dequantized model: {"blk.N.attn_output.weight": [n_head * head_dim]}, the token count, and
     with `gram` the mean x x^T of the same activations ({name: [n, n]}; else None). gram=None: collected when
     they take at most AUTO_GRAM_BYTES in the file (n_layer x n^2 x 4 bytes: 38 MiB for SmolLM2, 72 MiB for
     Gemma 3 270M, 2 GiB for an 8B model with 4096 columns, 3.9 GiB for a 13B one, 20 GiB for a 70B one).
-    The model is loaded as the tuner loads it (`device`, `dtype`, `device_map`: seal passes its tuning run's, so
-    a bf16 run never makes an fp32 copy); the sums are kept on the CPU in float64.
+    The model is loaded as the tuner loads it (`device`, `dtype`, `device_map`, `max_memory`: seal passes its
+    tuning run's, so a bf16 run never makes an fp32 copy); the sums are kept on the CPU in float64.
     The text is the tuner's anchor windows (the start of the corpus); the knowledge check reads the end."""
     from sealgguf.tune.data import anchor_windows
     from sealgguf.tune.model import load
 
-    lm = load(Path(model_path), device, dtype=dtype, device_map=device_map)
+    lm = load(Path(model_path), device, dtype=dtype, device_map=device_map, max_memory=max_memory)
     return measure(lm.model, anchor_windows(lm.encoder, windows, WINDOW), progress, gram, device)
 
 

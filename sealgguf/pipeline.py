@@ -46,7 +46,7 @@ def pick_imatrix(opt: SealOptions, model: Path, scales: Path, path: Path, tuned:
     from sealgguf.imatrix import collect_to
 
     collect_to(path, model, progress=opt.tune.progress, device=tuned["device"], dtype=tuned["dtype"],
-               device_map=tuned["device_map"])
+               device_map=tuned["device_map"], max_memory=opt.tune.max_memory)
     return path
 
 

@@ -137,6 +137,20 @@ def test_collect_in_bf16_measures_what_fp32_does(smollm2):
         assert 0 < rel < 0.05, (name, rel)
 
 
+def test_collect_places_the_model_under_max_memory(smollm2, tmp_path):
+    """seal passes its tuning run's --max-memory to the imatrix pass: a CPU cap below the model sends layers to
+    disk, which needs an offload folder (the one-line refusal proves the cap reached accelerate); the CLI wants
+    --device-map with it."""
+    from sealgguf.cli import main
+    from sealgguf.imatrix import collect
+
+    with pytest.raises(SealError, match="give an offload folder"):
+        collect(smollm2, windows=1, device_map="auto", max_memory={"cpu": "150MiB"})
+    out = tmp_path / "i.gguf"
+    assert main(["-q", "imatrix", str(smollm2), "-o", str(out), "--max-memory", "cpu=1GiB"]) == 2
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
 def test_requantizes_predicts_the_engine(model, request, tmp_path):
     """seal collects an imatrix only when requantizes() says the fold will requantize: it must agree with the
