@@ -196,8 +196,7 @@ def adopt(r: Runner, name: str, model: str, scales_src: Path, score_length: int)
     does, its record made from the file's metadata (tune's own record of the run), scored at `score_length`."""
     import shutil
 
-    from safetensors import safe_open
-
+    from sealgguf import scales as scales_file
     from sealgguf.eval.knowledge import knowledge_check
 
     scales, gguf = r.work / "tune" / f"{name}.scales.safetensors", r.work / "tune" / f"{name}.gguf"
@@ -205,14 +204,13 @@ def adopt(r: Runner, name: str, model: str, scales_src: Path, score_length: int)
     def compute() -> dict:
         print(f"  adopt {name}: {scales_src.name}", flush=True)
         shutil.copy2(scales_src, scales)
-        with safe_open(str(scales), framework="numpy") as f:
-            meta = dict(f.metadata())
-            values = [f.get_tensor(k) for k in f.keys()]
+        loaded = scales_file.load(scales)  # the composed scales, whatever the form
+        meta = loaded.metadata
         num = lambda k: float(meta[k])  # noqa: E731 (safetensors metadata is text)
         tune = {k: num(k) for k in ("seconds", "val_exact_match_before", "val_exact_match_after", "val_loss_before",
                                     "val_loss_after")}
-        tune.update(device=meta["device"], epochs=int(meta["epochs"]), scale_min=float(min(v.min() for v in values)),
-                    scale_max=float(max(v.max() for v in values)), peak_mib=meta.get("peak_mib"))
+        tune.update(device=meta["device"], epochs=int(meta["epochs"]), scale_min=float(loaded.values.min()),
+                    scale_max=float(loaded.values.max()), peak_mib=meta.get("peak_mib"))
         folded = r.fold(model, scales, gguf)
         know = knowledge_check([r.model_path(model), gguf], ["base", "sealed"], r.plan.ppl_windows, r.threads)
         return {"name": name, "model": model, "tasks": meta["task"].split(","), "granularity": meta["granularity"],

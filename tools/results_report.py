@@ -89,7 +89,8 @@ def tuned_table(evals: list[dict], tunes: list[dict]) -> str:
         rope_txt = "" if rope[0] == "none" else f" {rope[0]}×{rope[1]:g}"
         kind = (run["granularity"][0].upper() + (" exact" if run.get("exact_fold") else "")  # exact: --exact-fold
                 + (f" {run['dtype']}" if run.get("dtype", "fp32") != "fp32" else "")  # runs without one are fp32
-                + (f" {run['tuned_on']}" if run.get("tuned_on", "cpu") != "cpu" else ""))  # tuned elsewhere
+                + (f" {run['tuned_on']}" if run.get("tuned_on", "cpu") != "cpu" else "")  # tuned elsewhere
+                + (f", {t['epochs']} epochs" if t.get("epochs", 1) > 1 else ""))
         scored = f" (scored @{length})" if length != run["length"] else ""
         out.append(
             f"| {run['model']} | {'+'.join(run['tasks'])} @{run['length']}{rope_txt}{scored} | {kind} "
