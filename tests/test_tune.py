@@ -299,10 +299,16 @@ def test_auto_dtype_follows_the_hardware(monkeypatch):
 def test_process_memory_follows_what_the_process_touches():
     from sealgguf.hardware import process_mib
 
+    import mmap
+
     before = process_mib("VmRSS")
-    held = b"\x01" * (64 << 20)  # written, so every page is resident
+    # a fresh anonymous mapping, each page written: resident pages the process did not hold before (a bytes object
+    # could land in heap memory an earlier test freed and the process still holds, and add nothing)
+    held = mmap.mmap(-1, 64 << 20)
+    for page in range(0, 64 << 20, mmap.PAGESIZE):
+        held[page] = 1
     assert process_mib("VmRSS") - before > 48 and process_mib("VmHWM") >= process_mib("VmRSS") > 0
-    del held
+    held.close()
     assert math.isnan(process_mib("NoSuchField"))
 
 
