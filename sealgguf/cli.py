@@ -452,8 +452,6 @@ def cmd_imatrix(args) -> int:
     from sealgguf.tune import pick_device, pick_dtype
 
     device = pick_device(args.device)
-    if args.max_memory and not args.device_map:
-        raise SealError("--max-memory limits what --device-map auto places on each device: add --device-map auto")
     tokens, with_gram = collect_to(args.output, resolve(args.model), args.windows, args.progress, gram, device,
                                    pick_dtype(args.dtype, device), args.device_map, args.max_memory)
     print(f"wrote {args.output}: attn_output importance" + (" and Gram matrices" if with_gram else "")

@@ -153,8 +153,6 @@ def run_tune(opt: TuneOptions) -> dict:
     dtype = pick_dtype(opt.dtype, device)
     if opt.fsdp:
         check_fsdp(opt)
-    if opt.max_memory and opt.device_map is None:
-        raise SealError("--max-memory limits what --device-map auto places on each device: add --device-map auto")
     torch.manual_seed(opt.seed)
     path = resolve(opt.model)
     plan = tuning_plan(path, opt, device, dtype)

@@ -169,6 +169,8 @@ def load(model_path: Path, device: str, rope: RopeScaling = RopeScaling(), dtype
     (accelerate's {0: "20GiB", "cpu": "64GiB"})."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    if max_memory and device_map is None:  # tune, imatrix and seal all load here: one check, before any loading
+        raise SealError("--max-memory limits what --device-map auto places on each device: add --device-map auto")
     is_gguf = model_path.is_file()
     folder, kw = (model_path.parent, {"gguf_file": model_path.name}) if is_gguf else (model_path, {})
     model_kw = dict(kw)
