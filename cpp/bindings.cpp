@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -77,6 +78,30 @@ py::array_t<uint8_t> quantize(Floats values, int32_t type) {
         py::gil_scoped_release release;
         for (int64_t r = 0; r < n_rows; ++r) t.quantize(src + r * n_per_row, dst + r * rb, n_per_row);
     }
+    return out;
+}
+
+using Ints = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+// The blocks of `raw` with their codes replaced by `codes` ([rows, n_per_row]) and their scale fields kept.
+py::array_t<uint8_t> pack_codes(Bytes raw, int32_t type, int64_t n_per_row, Ints codes) {
+    const TypeTraits& t = require_type(type);
+    if (!t.pack_codes) throw std::invalid_argument(std::string(t.name) + " has no codes");
+    const size_t rb = row_bytes(t, n_per_row);
+    const int64_t n_rows = raw.size() / (int64_t)rb;
+    if ((size_t)raw.size() % rb != 0 || codes.ndim() != 2 || codes.shape(0) != n_rows || codes.shape(1) != n_per_row)
+        throw std::invalid_argument("codes must be [" + std::to_string(n_rows) + ", " + std::to_string(n_per_row) +
+                                    "] for these blocks");
+    const int32_t* c = codes.data();
+    for (ssize_t i = 0; i < codes.size(); ++i)
+        if (c[i] < t.code_min || c[i] > t.code_max)
+            throw std::invalid_argument("code " + std::to_string(c[i]) + " is outside " + t.name + "'s range " +
+                                        std::to_string(t.code_min) + ".." + std::to_string(t.code_max));
+    py::array_t<uint8_t> out({n_rows, (int64_t)rb});
+    std::memcpy(out.mutable_data(), raw.data(), raw.size());
+    uint8_t* dst = out.mutable_data();
+    const int64_t n_blocks = n_rows * (n_per_row / t.block_size);
+    for (int64_t b = 0; b < n_blocks; ++b) t.pack_codes(dst + b * t.type_size, c + b * t.block_size);
     return out;
 }
 
@@ -156,6 +181,13 @@ PYBIND11_MODULE(_core, m) {
     m.def("string_array_end", &string_array_end_py, py::arg("buffer"), py::arg("pos"), py::arg("count"),
           "Offset just past `count` GGUF strings (u64 length + bytes each) starting at `pos`; -1 if truncated.");
     m.def("block_info", &block_info, py::arg("type"), "(values per block, bytes per block) of a ggml type.");
+    m.def("pack_codes", &pack_codes, py::arg("raw"), py::arg("type"), py::arg("n_per_row"), py::arg("codes"),
+          "The blocks of a quantized [rows, n_per_row] tensor with their codes (the integers each value is stored "
+          "as, int32 [rows, n_per_row], within code_range(type)) replaced and their scale fields kept.");
+    m.def("code_range", [](int32_t type) {
+        const TypeTraits& t = require_type(type);
+        return py::make_tuple(t.code_min, t.code_max);
+    }, py::arg("type"), "(lowest, highest) code of a quantized ggml type; within a sub-block, value = a * code + b.");
     m.def("supported", [](int32_t type) { return traits_for(type) != nullptr; }, py::arg("type"));
     py::register_exception<std::invalid_argument>(m, "FoldError", PyExc_ValueError);
 }

@@ -63,6 +63,27 @@ inline bool scale_field(fp16_t& h, float s) {
     return std::isfinite(h2f(h));
 }
 
+// ---------------------------------------------------------------- codes: the integers a block stores
+
+// Each block type's code layout, one function each: `c` holds a block's codes in value order, as the
+// dequantization reads them (Q4_0: 0..15, the value being (c - 8) * d; Q8_0: -128..127).
+// 32 codes of 4 bits: value j in the low nibble of byte j, value j + 16 in the high nibble (Q4_0, Q4_1).
+template <typename Block, typename Code>
+void pack_nibbles(Block& b, const Code* c) {
+    for (int j = 0; j < 16; ++j) b.qs[j] = (uint8_t)(c[j] | (c[j + 16] << 4));
+}
+// 32 codes of 5 bits: the low 4 as above, the 5th bit of value j in bit j of qh (Q5_0, Q5_1).
+template <typename Block, typename Code>
+void pack_5bit(Block& b, const Code* c) {
+    uint32_t qh = 0;
+    for (int j = 0; j < 16; ++j) {
+        b.qs[j] = (uint8_t)((c[j] & 0x0F) | ((c[j + 16] & 0x0F) << 4));
+        qh |= (uint32_t)((c[j] >> 4) & 1) << j;
+        qh |= (uint32_t)((c[j + 16] >> 4) & 1) << (j + 16);
+    }
+    std::memcpy(b.qh, &qh, 4);
+}
+
 // ---------------------------------------------------------------- Q4_0
 
 void dequantize_q4_0(const void* src, float* y, int64_t n) {
@@ -87,15 +108,14 @@ void quantize_q4_0(const float* x, void* dst, int64_t n) {
         const float d = max / -8;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = f2h(d);
-        for (int j = 0; j < QK4_0 / 2; ++j) {
-            const uint8_t lo = (uint8_t)std::min(15, (int)(int8_t)(x[j] * id + 8.5f));
-            const uint8_t hi = (uint8_t)std::min(15, (int)(int8_t)(x[j + QK4_0 / 2] * id + 8.5f));
-            y[i].qs[j] = lo | (hi << 4);
-        }
+        uint8_t L[QK4_0];
+        for (int j = 0; j < QK4_0; ++j) L[j] = (uint8_t)std::min(15, (int)(int8_t)(x[j] * id + 8.5f));
+        pack_nibbles(y[i], L);
     }
 }
 
 bool scale_q4_0(void* b, float s) { return scale_field(((block_q4_0*)b)->d, s); }
+void pack_codes_q4_0(void* b, const int32_t* c) { pack_nibbles(*(block_q4_0*)b, c); }
 void set_scales_q4_0(void* b, float d, float, const int*, const int*) { ((block_q4_0*)b)->d = f2h(d); }
 
 // ---------------------------------------------------------------- Q4_1
@@ -121,14 +141,13 @@ void quantize_q4_1(const float* x, void* dst, int64_t n) {
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = f2h(d);
         y[i].m = f2h(min);
-        for (int j = 0; j < QK4_1 / 2; ++j) {
-            const uint8_t lo = (uint8_t)std::min(15, (int)(int8_t)((x[j] - min) * id + 0.5f));
-            const uint8_t hi = (uint8_t)std::min(15, (int)(int8_t)((x[j + QK4_1 / 2] - min) * id + 0.5f));
-            y[i].qs[j] = lo | (hi << 4);
-        }
+        uint8_t L[QK4_1];
+        for (int j = 0; j < QK4_1; ++j) L[j] = (uint8_t)std::min(15, (int)(int8_t)((x[j] - min) * id + 0.5f));
+        pack_nibbles(y[i], L);
     }
 }
 
+void pack_codes_q4_1(void* b, const int32_t* c) { pack_nibbles(*(block_q4_1*)b, c); }
 bool scale_q4_1(void* b, float s) {
     block_q4_1* blk = (block_q4_1*)b;
     return scale_field(blk->d, s) & scale_field(blk->m, s);
@@ -166,19 +185,14 @@ void quantize_q5_0(const float* x, void* dst, int64_t n) {
         const float d = max / -16;
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = f2h(d);
-        uint32_t qh = 0;
-        for (int j = 0; j < QK5_0 / 2; ++j) {
-            const uint8_t lo = (uint8_t)std::min(31, (int)(int8_t)(x[j] * id + 16.5f));
-            const uint8_t hi = (uint8_t)std::min(31, (int)(int8_t)(x[j + QK5_0 / 2] * id + 16.5f));
-            y[i].qs[j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
-            qh |= (uint32_t)((lo >> 4) & 1) << j;
-            qh |= (uint32_t)((hi >> 4) & 1) << (j + QK5_0 / 2);
-        }
-        std::memcpy(y[i].qh, &qh, 4);
+        uint8_t L[QK5_0];
+        for (int j = 0; j < QK5_0; ++j) L[j] = (uint8_t)std::min(31, (int)(int8_t)(x[j] * id + 16.5f));
+        pack_5bit(y[i], L);
     }
 }
 
 bool scale_q5_0(void* b, float s) { return scale_field(((block_q5_0*)b)->d, s); }
+void pack_codes_q5_0(void* b, const int32_t* c) { pack_5bit(*(block_q5_0*)b, c); }
 void set_scales_q5_0(void* b, float d, float, const int*, const int*) { ((block_q5_0*)b)->d = f2h(d); }
 
 void dequantize_q5_1(const void* src, float* y, int64_t n) {
@@ -204,18 +218,13 @@ void quantize_q5_1(const float* x, void* dst, int64_t n) {
         const float id = d ? 1.0f / d : 0.0f;
         y[i].d = f2h(d);
         y[i].m = f2h(min);
-        uint32_t qh = 0;
-        for (int j = 0; j < QK5_1 / 2; ++j) {
-            const uint8_t lo = (uint8_t)((x[j] - min) * id + 0.5f);
-            const uint8_t hi = (uint8_t)((x[j + QK5_1 / 2] - min) * id + 0.5f);
-            y[i].qs[j] = (lo & 0x0F) | ((hi & 0x0F) << 4);
-            qh |= (uint32_t)((lo >> 4) & 1) << j;
-            qh |= (uint32_t)((hi >> 4) & 1) << (j + QK5_1 / 2);
-        }
-        std::memcpy(y[i].qh, &qh, 4);
+        uint8_t L[QK5_1];
+        for (int j = 0; j < QK5_1; ++j) L[j] = (uint8_t)((x[j] - min) * id + 0.5f);
+        pack_5bit(y[i], L);
     }
 }
 
+void pack_codes_q5_1(void* b, const int32_t* c) { pack_5bit(*(block_q5_1*)b, c); }
 bool scale_q5_1(void* b, float s) {
     block_q5_1* blk = (block_q5_1*)b;
     return scale_field(blk->d, s) & scale_field(blk->m, s);
@@ -249,6 +258,9 @@ void quantize_q8_0(const float* x, void* dst, int64_t n) {
 }
 
 bool scale_q8_0(void* b, float s) { return scale_field(((block_q8_0*)b)->d, s); }
+void pack_codes_q8_0(void* b, const int32_t* c) {
+    for (int j = 0; j < QK8_0; ++j) ((block_q8_0*)b)->qs[j] = (int8_t)c[j];
+}
 void set_scales_q8_0(void* b, float d, float, const int*, const int*) { ((block_q8_0*)b)->d = f2h(d); }
 
 // ---------------------------------------------------------------- K-quant helpers
@@ -437,10 +449,11 @@ inline void set_scale_q3(int j, uint8_t* s, int sc) {
 }
 
 // Q2_K and Q3_K store 2-bit levels, four per byte, 128 values per 32 bytes.
-inline void pack_2bit(const uint8_t* L, uint8_t* qs) {
+template <typename Code>
+void pack_2bit(const Code* L, uint8_t* qs) {
     for (int j = 0; j < QK_K; j += 128)
         for (int l = 0; l < 32; ++l)
-            qs[j / 4 + l] = L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6);
+            qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
 }
 
 // Q4_K and Q5_K share their scale fields (d, dmin, eight packed 6-bit scale/min pairs); only the levels differ.
@@ -548,6 +561,7 @@ void quantize_q2_K(const float* x, void* dst, int64_t n) {
     }
 }
 
+void pack_codes_q2_K(void* b, const int32_t* c) { pack_2bit(c, ((block_q2_K*)b)->qs); }
 bool scale_q2_K(void* b, float s) {
     block_q2_K* blk = (block_q2_K*)b;
     return scale_field(blk->d, s) & scale_field(blk->dmin, s);
@@ -583,6 +597,22 @@ void dequantize_q3_K(const void* src, float* y, int64_t n) {
     }
 }
 
+// Codes 0..7: the high bit of each goes to hmask (value j uses bit j / 32 of byte j % 32), the low 2 to qs.
+template <typename Code>
+void pack_q3_K(block_q3_K& b, const Code* L) {
+    std::memset(b.hmask, 0, QK_K / 8);
+    uint8_t ul[QK_K];
+    for (int j = 0; j < QK_K; ++j) {
+        int l = L[j];
+        if (l > 3) {
+            b.hmask[j % (QK_K / 8)] |= (uint8_t)(1 << (j / (QK_K / 8)));
+            l -= 4;
+        }
+        ul[j] = (uint8_t)l;
+    }
+    pack_2bit(ul, b.qs);
+}
+
 void quantize_q3_K(const float* x, void* dst, int64_t n) {
     block_q3_K* y = (block_q3_K*)dst;
     int8_t L[QK_K];
@@ -608,22 +638,12 @@ void quantize_q3_K(const float* x, void* dst, int64_t n) {
             for (int ii = 0; ii < 16; ++ii)
                 L[16 * j + ii] = (int8_t)(std::max(-4, std::min(3, nearest_int(x[16 * j + ii] / d))) + 4);
         }
-        // the high bit of each level goes to hmask: value j uses bit j / 32 of byte j % 32
-        std::memset(y[i].hmask, 0, QK_K / 8);
-        uint8_t ul[QK_K];
-        for (int j = 0; j < QK_K; ++j) {
-            int l = L[j];
-            if (l > 3) {
-                y[i].hmask[j % (QK_K / 8)] |= (uint8_t)(1 << (j / (QK_K / 8)));
-                l -= 4;
-            }
-            ul[j] = (uint8_t)l;
-        }
-        pack_2bit(ul, y[i].qs);
+        pack_q3_K(y[i], L);
     }
 }
 
 bool scale_q3_K(void* b, float s) { return scale_field(((block_q3_K*)b)->d, s); }
+void pack_codes_q3_K(void* b, const int32_t* c) { pack_q3_K(*(block_q3_K*)b, c); }
 void set_scales_q3_K(void* b, float d, float, const int* sc, const int*) {
     block_q3_K* blk = (block_q3_K*)b;
     std::memset(blk->scales, 0, 12);
@@ -650,16 +670,23 @@ void dequantize_q4_K(const void* src, float* y, int64_t n) {
     }
 }
 
+// Codes 0..15, in 64-value runs: value l of a run in the low nibble of byte l, value l + 32 in the high one.
+template <typename Code>
+void pack_q4_K(block_q4_K& b, const Code* L) {
+    uint8_t* q = b.qs;
+    for (int j = 0; j < QK_K; j += 64, q += 32)
+        for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+}
+
 void quantize_q4_K(const float* x, void* dst, int64_t n) {
     block_q4_K* y = (block_q4_K*)dst;
     uint8_t L[QK_K];
     for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
         fit_k4_superblock(x, 15, -1.f, 20, &y[i].d, &y[i].dmin, y[i].scales, L);
-        uint8_t* q = y[i].qs;
-        for (int j = 0; j < QK_K; j += 64, q += 32)
-            for (int l = 0; l < 32; ++l) q[l] = L[j + l] | (L[j + l + 32] << 4);
+        pack_q4_K(y[i], L);
     }
 }
+void pack_codes_q4_K(void* b, const int32_t* c) { pack_q4_K(*(block_q4_K*)b, c); }
 
 bool scale_q4_K(void* b, float s) {
     block_q4_K* blk = (block_q4_K*)b;
@@ -687,25 +714,32 @@ void dequantize_q5_K(const void* src, float* y, int64_t n) {
     }
 }
 
+// Codes 0..31: the low 4 bits as Q4_K's, the 5th of each 64-value run's two halves in two bits of qh.
+template <typename Code>
+void pack_q5_K(block_q5_K& b, const Code* L) {
+    uint8_t* qh = b.qh;
+    uint8_t* ql = b.qs;
+    std::memset(qh, 0, QK_K / 8);
+    uint8_t m1 = 1, m2 = 2;
+    for (int base = 0; base < QK_K; base += 64, m1 <<= 2, m2 <<= 2, ql += 32) {
+        for (int j = 0; j < 32; ++j) {
+            int l1 = L[base + j], l2 = L[base + j + 32];
+            if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
+            if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
+            ql[j] = (uint8_t)(l1 | (l2 << 4));
+        }
+    }
+}
+
 void quantize_q5_K(const float* x, void* dst, int64_t n) {
     block_q5_K* y = (block_q5_K*)dst;
     uint8_t L[QK_K];
     for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
         fit_k4_superblock(x, 31, -0.5f, 15, &y[i].d, &y[i].dmin, y[i].scales, L);
-        uint8_t* qh = y[i].qh;
-        uint8_t* ql = y[i].qs;
-        std::memset(qh, 0, QK_K / 8);
-        uint8_t m1 = 1, m2 = 2;
-        for (int base = 0; base < QK_K; base += 64, m1 <<= 2, m2 <<= 2, ql += 32) {
-            for (int j = 0; j < 32; ++j) {
-                int l1 = L[base + j], l2 = L[base + j + 32];
-                if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
-                if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
-                ql[j] = (uint8_t)(l1 | (l2 << 4));
-            }
-        }
+        pack_q5_K(y[i], L);
     }
 }
+void pack_codes_q5_K(void* b, const int32_t* c) { pack_q5_K(*(block_q5_K*)b, c); }
 
 bool scale_q5_K(void* b, float s) {
     block_q5_K* blk = (block_q5_K*)b;
@@ -737,6 +771,23 @@ void dequantize_q6_K(const void* src, float* y, int64_t n) {
     }
 }
 
+// Codes 0..63 in 128-value halves: low 4 bits of values l, l + 64 in ql[l], of l + 32, l + 96 in ql[l + 32];
+// the top 2 bits of all four in qh[l].
+template <typename Code>
+void pack_q6_K(block_q6_K& b, const Code* L) {
+    uint8_t* ql = b.ql;
+    uint8_t* qh = b.qh;
+    for (int j = 0; j < QK_K; j += 128, ql += 64, qh += 32) {
+        for (int l = 0; l < 32; ++l) {
+            const uint8_t a = (uint8_t)L[j + l], c2 = (uint8_t)L[j + l + 32], c = (uint8_t)L[j + l + 64],
+                          e = (uint8_t)L[j + l + 96];
+            ql[l + 0] = (a & 0xF) | ((c & 0xF) << 4);
+            ql[l + 32] = (c2 & 0xF) | ((e & 0xF) << 4);
+            qh[l] = (a >> 4) | ((c2 >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
+        }
+    }
+}
+
 void quantize_q6_K(const float* x, void* dst, int64_t n) {
     block_q6_K* y = (block_q6_K*)dst;
     int8_t L[QK_K];
@@ -760,18 +811,10 @@ void quantize_q6_K(const float* x, void* dst, int64_t n) {
             for (int ii = 0; ii < 16; ++ii)
                 L[16 * j + ii] = (int8_t)(std::max(-32, std::min(31, nearest_int(x[16 * j + ii] / d))) + 32);
         }
-        uint8_t* ql = y[i].ql;
-        uint8_t* qh = y[i].qh;
-        for (int j = 0; j < QK_K; j += 128, ql += 64, qh += 32) {
-            for (int l = 0; l < 32; ++l) {
-                const uint8_t a = L[j + l], b = L[j + l + 32], c = L[j + l + 64], e = L[j + l + 96];
-                ql[l + 0] = (a & 0xF) | ((c & 0xF) << 4);
-                ql[l + 32] = (b & 0xF) | ((e & 0xF) << 4);
-                qh[l] = (a >> 4) | ((b >> 4) << 2) | ((c >> 4) << 4) | ((e >> 4) << 6);
-            }
-        }
+        pack_q6_K(y[i], L);
     }
 }
+void pack_codes_q6_K(void* b, const int32_t* c) { pack_q6_K(*(block_q6_K*)b, c); }
 
 bool scale_q6_K(void* b, float s) { return scale_field(((block_q6_K*)b)->d, s); }
 void set_scales_q6_K(void* b, float d, float, const int* sc, const int*) {
@@ -780,24 +823,35 @@ void set_scales_q6_K(void* b, float d, float, const int* sc, const int*) {
     blk->d = f2h(d);
 }
 
-#define TYPE_ROW(T, NAME, BS, SIZE, SUFFIX, LAYOUT, SET_SCALES) \
-    {GgmlType::T, NAME, BS, SIZE, dequantize_##SUFFIX, quantize_##SUFFIX, scale_##SUFFIX, LAYOUT, SET_SCALES}
+#define TYPE_ROW(T, NAME, BS, SIZE, SUFFIX, LAYOUT, SET_SCALES, PACK, CMIN, CMAX) \
+    {GgmlType::T, NAME, BS, SIZE, dequantize_##SUFFIX, quantize_##SUFFIX, scale_##SUFFIX, LAYOUT, SET_SCALES, PACK, \
+     CMIN, CMAX}
 
-//                                                          sub-blocks, sc range, m
+//                                                          sub-blocks, sc range, m                        codes
 const TypeTraits kTraits[] = {
-    TYPE_ROW(F32, "F32", 1, 4, f32, (ScaleLayout{0, 0, 0, 0}), nullptr),
-    TYPE_ROW(F16, "F16", 1, 2, f16, (ScaleLayout{0, 0, 0, 0}), nullptr),
-    TYPE_ROW(BF16, "BF16", 1, 2, bf16, (ScaleLayout{0, 0, 0, 0}), nullptr),
-    TYPE_ROW(Q4_0, "Q4_0", QK4_0, sizeof(block_q4_0), q4_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q4_0),
-    TYPE_ROW(Q4_1, "Q4_1", QK4_1, sizeof(block_q4_1), q4_1, (ScaleLayout{1, 0, 0, -1}), set_scales_q4_1),
-    TYPE_ROW(Q5_0, "Q5_0", QK5_0, sizeof(block_q5_0), q5_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q5_0),
-    TYPE_ROW(Q5_1, "Q5_1", QK5_1, sizeof(block_q5_1), q5_1, (ScaleLayout{1, 0, 0, -1}), set_scales_q5_1),
-    TYPE_ROW(Q8_0, "Q8_0", QK8_0, sizeof(block_q8_0), q8_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q8_0),
-    TYPE_ROW(Q2_K, "Q2_K", QK_K, sizeof(block_q2_K), q2_K, (ScaleLayout{16, 0, 15, 15}), set_scales_q2_K),
-    TYPE_ROW(Q3_K, "Q3_K", QK_K, sizeof(block_q3_K), q3_K, (ScaleLayout{16, -32, 31, 0}), set_scales_q3_K),
-    TYPE_ROW(Q4_K, "Q4_K", QK_K, sizeof(block_q4_K), q4_K, (ScaleLayout{8, 0, 63, 63}), set_scales_k4<block_q4_K>),
-    TYPE_ROW(Q5_K, "Q5_K", QK_K, sizeof(block_q5_K), q5_K, (ScaleLayout{8, 0, 63, 63}), set_scales_k4<block_q5_K>),
-    TYPE_ROW(Q6_K, "Q6_K", QK_K, sizeof(block_q6_K), q6_K, (ScaleLayout{16, -128, 127, 0}), set_scales_q6_K),
+    TYPE_ROW(F32, "F32", 1, 4, f32, (ScaleLayout{0, 0, 0, 0}), nullptr, nullptr, 0, 0),
+    TYPE_ROW(F16, "F16", 1, 2, f16, (ScaleLayout{0, 0, 0, 0}), nullptr, nullptr, 0, 0),
+    TYPE_ROW(BF16, "BF16", 1, 2, bf16, (ScaleLayout{0, 0, 0, 0}), nullptr, nullptr, 0, 0),
+    TYPE_ROW(Q4_0, "Q4_0", QK4_0, sizeof(block_q4_0), q4_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q4_0,
+             pack_codes_q4_0, 0, 15),
+    TYPE_ROW(Q4_1, "Q4_1", QK4_1, sizeof(block_q4_1), q4_1, (ScaleLayout{1, 0, 0, -1}), set_scales_q4_1,
+             pack_codes_q4_1, 0, 15),
+    TYPE_ROW(Q5_0, "Q5_0", QK5_0, sizeof(block_q5_0), q5_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q5_0,
+             pack_codes_q5_0, 0, 31),
+    TYPE_ROW(Q5_1, "Q5_1", QK5_1, sizeof(block_q5_1), q5_1, (ScaleLayout{1, 0, 0, -1}), set_scales_q5_1,
+             pack_codes_q5_1, 0, 31),
+    TYPE_ROW(Q8_0, "Q8_0", QK8_0, sizeof(block_q8_0), q8_0, (ScaleLayout{1, 0, 0, 0}), set_scales_q8_0,
+             pack_codes_q8_0, -128, 127),
+    TYPE_ROW(Q2_K, "Q2_K", QK_K, sizeof(block_q2_K), q2_K, (ScaleLayout{16, 0, 15, 15}), set_scales_q2_K,
+             pack_codes_q2_K, 0, 3),
+    TYPE_ROW(Q3_K, "Q3_K", QK_K, sizeof(block_q3_K), q3_K, (ScaleLayout{16, -32, 31, 0}), set_scales_q3_K,
+             pack_codes_q3_K, 0, 7),
+    TYPE_ROW(Q4_K, "Q4_K", QK_K, sizeof(block_q4_K), q4_K, (ScaleLayout{8, 0, 63, 63}), set_scales_k4<block_q4_K>,
+             pack_codes_q4_K, 0, 15),
+    TYPE_ROW(Q5_K, "Q5_K", QK_K, sizeof(block_q5_K), q5_K, (ScaleLayout{8, 0, 63, 63}), set_scales_k4<block_q5_K>,
+             pack_codes_q5_K, 0, 31),
+    TYPE_ROW(Q6_K, "Q6_K", QK_K, sizeof(block_q6_K), q6_K, (ScaleLayout{16, -128, 127, 0}), set_scales_q6_K,
+             pack_codes_q6_K, 0, 63),
 };
 
 }  // namespace

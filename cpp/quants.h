@@ -25,6 +25,10 @@ struct ScaleLayout {
 // Write a block's scale fields (d, dmin and the sub-block sc[] / m[] where the layout has them), leaving its
 // levels as they are. sc and m may be null for the legacy types.
 using SetScalesFn = void (*)(void* block, float d, float dmin, const int* sc, const int* m);
+// Write a block's codes (block_size integers in value order, each in [code_min, code_max]: the integers the
+// block stores, e.g. 0..15 for Q4_0, whose value is (code - 8) * d), leaving its scale fields as they are.
+// Within a sub-block the value is an affine function of the code.
+using PackCodesFn = void (*)(void* block, const int32_t* codes);
 
 struct TypeTraits {
     GgmlType type;
@@ -36,6 +40,8 @@ struct TypeTraits {
     ScaleBlockFn scale_block;
     ScaleLayout layout;
     SetScalesFn set_scales;  // nullptr for the float types
+    PackCodesFn pack_codes;  // nullptr for the float types
+    int code_min, code_max;
 };
 
 // Dequantize one row of n values straight to bfloat16 (round to nearest even, as torch's float -> bfloat16),

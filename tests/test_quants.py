@@ -64,3 +64,31 @@ def test_unsupported_type_is_a_clear_error():
         _core.dequantize(np.zeros(64, np.uint8), 16, 256)  # IQ2_XXS
     with pytest.raises(ValueError, match="not a multiple"):
         _core.quantize(np.zeros((1, 40), np.float32), 2)
+
+
+@pytest.mark.parametrize("type_id", sorted(t for t in ggml_ref.TYPES if ggml_ref.TYPES[t][1] > 1))
+def test_codes_round_trip_through_their_grid(type_id):
+    """A block's codes, read off its values and the grid of its scale fields (value = a * code + b), pack back
+    into the same bytes; and every code in range lands on that grid."""
+    from sealgguf.fold.weighted import code_grid
+
+    name = ggml_ref.TYPES[type_id][0]
+    x = _data()
+    n = x.shape[1]
+    raw = ggml_ref.quantize(x, type_id)
+    values = _core.dequantize(raw, type_id, n)
+    a, b = code_grid(raw, type_id, n)
+    lo, hi = _core.code_range(type_id)
+    steps = a != 0  # a zero step (an all-zero block) gives b for every code
+    codes = np.where(steps, np.rint((values - b) / np.where(steps, a, 1)), 0).clip(lo, hi).astype(np.int32)
+    again = _core.pack_codes(raw, type_id, n, codes)
+    assert np.array_equal(_core.dequantize(again, type_id, n), values), name  # (an all-zero block may flip -0.0)
+    full = np.logical_and.reduce(steps.reshape(x.shape[0], -1, ggml_ref.TYPES[type_id][1]), axis=2)  # [rows, blocks]
+    ts = ggml_ref.TYPES[type_id][2]
+    assert np.array_equal(again.reshape(full.shape + (ts,))[full], raw.reshape(full.shape + (ts,))[full]), name
+    rng = np.random.default_rng(1)
+    other = rng.integers(lo, hi + 1, codes.shape, dtype=np.int32)
+    got = _core.dequantize(_core.pack_codes(raw, type_id, n, other), type_id, n)
+    assert np.allclose(got, a * other + b, rtol=1e-5, atol=1e-6 * float(np.abs(values).max())), name
+    with pytest.raises(ValueError, match="outside"):
+        _core.pack_codes(raw, type_id, n, np.full(codes.shape, hi + 1, dtype=np.int32))

@@ -39,6 +39,7 @@ def fold_errors(src, tensors, cols_of, test, calib) -> tuple[dict[str, float], d
     """Squared output error on the held-out Gram matrices per fold (relative to the exact layer's output), and
     seconds, summed over `tensors`; cols_of(t) gives the column scales of tensor t."""
     from sealgguf import _core
+    from sealgguf.fold.rewrite import REQUANTIZED
     from sealgguf.fold.weighted import feedback_candidate, weighted_candidate
 
     err: dict[str, float] = {}
@@ -54,7 +55,7 @@ def fold_errors(src, tensors, cols_of, test, calib) -> tuple[dict[str, float], d
         start = time.perf_counter()
         runs = {"fresh quantization (ggml reference)": (_core.quantize(want, t.type_id), time.perf_counter() - start)}
         start = time.perf_counter()
-        engine, _ = _core.fold(raw, t.type_id, n, cols, 0, None)
+        engine, stats = _core.fold(raw, t.type_id, n, cols, 0, None)
         runs["engine (fresh or refit per block)"] = (engine, time.perf_counter() - start)
         for w, (importance, _, grams) in calib.items():
             start = time.perf_counter()
@@ -62,7 +63,8 @@ def fold_errors(src, tensors, cols_of, test, calib) -> tuple[dict[str, float], d
                                              time.perf_counter() - start)
             start = time.perf_counter()
             runs[f"imatrix + error feedback, {w} windows"] = (
-                feedback_candidate(engine, want, t.type_id, importance[t.name], grams[t.name])[0],
+                feedback_candidate(engine, want, t.type_id, importance[t.name], grams[t.name],
+                                   stats["block_kinds"] >= REQUANTIZED)[0],
                 time.perf_counter() - start)
         for name, (out, s) in runs.items():
             e = (_core.dequantize(out.reshape(-1), t.type_id, n) - want).astype(np.float64)

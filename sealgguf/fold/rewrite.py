@@ -41,7 +41,7 @@ MAX_HEAD_REL_ERROR = 0.5
 # KL(scales applied exactly || sealed), and KL(exact || exact nudged by a relative 1e-6): llama.cpp's own floor,
 # since it quantizes activations and any change at all flips some roundings (sealgguf.fold.reference)
 MEASURED_KL = ("kl_exact", "kl_floor")
-REFIT = 3  # the engine's block kind for a requantized block that kept its levels (cpp/fold.h BlockKind)
+REQUANTIZED, REFIT = 2, 3  # the engine's block kinds for requantized blocks, fresh and refit (cpp/fold.h BlockKind)
 LAYER_OF = re.compile(r"^blk\.(\d+)\.")
 
 
@@ -222,7 +222,7 @@ def fold_tensor(src: GGUFFile, t: TensorInfo, plan: FoldPlan, threads: int,
                             "columns (an imatrix of another model?)")
         want = scaled_weights(_core.dequantize(src.tensor_data(t), t.type_id, n_per_row), plan)
         if gram is not None:
-            new, take = feedback_candidate(new, want, t.type_id, importance, gram)
+            new, take = feedback_candidate(new, want, t.type_id, importance, gram, kinds >= REQUANTIZED)
             stats["error_feedback"] = True
         else:
             new, take = weighted_candidate(new, want, t.type_id, importance)
