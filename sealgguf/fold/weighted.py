@@ -52,6 +52,20 @@ def code_grid(raw: np.ndarray, type_id: int, n_per_row: int) -> tuple[np.ndarray
     return a, b
 
 
+def _quantize_columns(w: np.ndarray, u: np.ndarray, column) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ's inner loop over one block's columns w [rows, block] (U's block u [block, block]): column j becomes
+    column(j, its current values), and its error, divided by U[j, j], moves the block's later columns. Returns
+    the quantized values and the scaled errors; the sum of the squared errors is what the block adds to the
+    layer's output error, the later blocks given their chance to absorb it."""
+    w = w.copy()
+    got, err = np.empty_like(w), np.empty_like(w)
+    for j in range(w.shape[1]):
+        got[:, j] = column(j, w[:, j])
+        err[:, j] = (w[:, j] - got[:, j]) / u[j, j]
+        w[:, j + 1:] -= np.outer(err[:, j], u[j, j + 1:])
+    return got, err
+
+
 def feedback_candidate(engine: np.ndarray, target: np.ndarray, type_id: int, importance: np.ndarray,
                        gram: np.ndarray, requantized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Requantize `target` [rows, n] column by column, carrying each column's rounding error into the columns not
@@ -61,12 +75,14 @@ def feedback_candidate(engine: np.ndarray, target: np.ndarray, type_id: int, imp
     every later column k by -e U[c, k] / U[c, c].
 
     The blocks are visited in order of falling importance (the Gram diagonal summed over the block: GPTQ's
-    act-order, by whole blocks because a block's values share its scale fields). When a block is reached, its
-    scale fields come from ggml's importance-weighted quantization of its current (updated) values; each column's
-    codes are then the nearest on that grid to the column as updated by the columns before it. Blocks the engine
-    rescaled exactly or left unchanged (`requantized` false, [rows, blocks]) keep the engine's bytes, and their
-    (tiny) error is carried on like any other. Returns the raw tensor [rows, bytes] and the blocks that were
-    requantized here ([rows, blocks], bool; their fields came from the weighted quantizer)."""
+    act-order, by whole blocks because a block's values share its scale fields). A block the engine requantized
+    (`requantized`, [rows, blocks]) has two candidates: the engine's bytes (a fresh quantization of the target, or
+    its own levels with refit scale fields), and GPTQ's: scale fields from ggml's importance-weighted quantization
+    of the block's current (updated) values, then each column's codes the nearest on that grid to the column as
+    updated by the columns before it. Each row's block keeps the candidate that adds less to the output error.
+    Blocks the engine rescaled exactly or left unchanged keep its bytes, and their (tiny) error is carried on like
+    any other. Returns the raw tensor [rows, bytes] and the blocks that took GPTQ's candidate ([rows, blocks],
+    bool; their fields came from the weighted quantizer)."""
     import gguf
 
     from sealgguf import _core, ggml
@@ -84,28 +100,31 @@ def feedback_candidate(engine: np.ndarray, target: np.ndarray, type_id: int, imp
     u = np.linalg.cholesky(np.linalg.inv(h[np.ix_(perm, perm)])).T
     w = target[:, perm].astype(np.float64)  # columns in visiting order, updated as the errors are carried
     engine = engine.reshape(rows, nb, nbytes)
-    have = _core.dequantize(engine.reshape(-1), type_id, n)
+    have = _core.dequantize(engine.reshape(-1), type_id, n).astype(np.float64)
     out = engine.copy()
+    take = np.zeros((rows, nb), dtype=bool)
     for k, b in enumerate(order):
-        lo = k * block
-        cols = slice(b * block, (b + 1) * block)  # the block's columns in the file
-        redo = requantized[:, b]
-        got = have[:, cols].astype(np.float64)  # kept blocks' values; redone rows are overwritten below
-        if redo.any():
-            fields = ggml.quantize(w[redo, lo:lo + block], type_id, importance[cols])
+        at = slice(k * block, (k + 1) * block)  # the block's columns in visiting order
+        cols = slice(b * block, (b + 1) * block)  # and in the file
+        u_bb = u[at, at]
+        _, err = _quantize_columns(w[:, at], u_bb, lambda j, x: have[:, cols][:, j])
+        redo = np.flatnonzero(requantized[:, b])
+        if redo.size:
+            fields = ggml.quantize(w[redo, at], type_id, importance[cols])
             a, off = code_grid(fields, type_id, block)
             step = np.where(a == 0, 1, a)  # a zero step: every code gives `off`
             codes = np.empty(a.shape, dtype=np.int32)
-        err = np.empty((rows, block))
-        for j in range(block):
-            c = lo + j
-            if redo.any():
-                code = np.clip(np.rint((w[redo, c] - off[:, j]) / step[:, j]), code_min, code_max)
-                codes[:, j] = code
-                got[redo, j] = a[:, j] * code.astype(np.float32) + off[:, j]
-            err[:, j] = (w[:, c] - got[:, j]) / u[c, c]
-            w[:, c + 1:lo + block] -= np.outer(err[:, j], u[c, c + 1:lo + block])
-        if redo.any():
-            out[redo, b] = _core.pack_codes(fields, type_id, block, codes)
-        w[:, lo + block:] -= err @ u[lo:lo + block, lo + block:]
-    return out.reshape(rows, -1), requantized.copy()
+
+            def nearest(j: int, x: np.ndarray) -> np.ndarray:
+                codes[:, j] = np.clip(np.rint((x - off[:, j]) / step[:, j]), code_min, code_max)
+                return a[:, j] * codes[:, j].astype(np.float32) + off[:, j]
+
+            _, err_gptq = _quantize_columns(w[redo, at], u_bb, nearest)
+            better = np.square(err_gptq).sum(1) < np.square(err[redo]).sum(1)
+            rows_gptq = redo[better]
+            take[rows_gptq, b] = True
+            err[rows_gptq] = err_gptq[better]
+            if rows_gptq.size:
+                out[rows_gptq, b] = _core.pack_codes(fields[better], type_id, block, codes[better])
+        w[:, at.stop:] -= err @ u[at, at.stop:]
+    return out.reshape(rows, -1), take
