@@ -313,11 +313,16 @@ def run_steps(r: Runner, steps: list[str]) -> None:
             r.eval(model, "lines", length, p.n_eval)
             r.eval(exact[model], "lines", length, p.n_eval)
         r.eval(shipped, "lines", L, p.n_eval)
+        # the untied default recipe on Gemma 3 too: is the exact fold's gain there exactness, or SEAL-C itself?
+        G = p.gemma_length
+        untied = r.tune(f"gemma3-lines{G}-C-lr{lr_c:g}-keep{DEFAULT_KEEP:g}-s{p.samples}", "gemma3", ["lines"],
+                        "channel", G, p.samples, lr_c, keep=DEFAULT_KEEP)["name"]
+        r.eval(untied, "lines", G, p.n_eval)
         for task, n_tok in p.ood.items():  # out of domain, beside the untied default (the ood step's cells)
             for model in ("smollm2", shipped, exact["smollm2"]):
                 r.eval(model, task, n_tok, p.n_ood)
         for task, n_tok in p.ood.items():  # and on Gemma 3, where the exact fold is the candidate default
-            for model in ("gemma3", exact["gemma3"]):
+            for model in ("gemma3", exact["gemma3"], untied):
                 r.eval(model, task, n_tok, p.n_ood)
         for LL in p.long_lengths[:1]:  # length transfer
             for model in ("smollm2", shipped, exact["smollm2"]):
