@@ -70,12 +70,14 @@ inline bool scale_field(fp16_t& h, float s) {
 // 32 codes of 4 bits: value j in the low nibble of byte j, value j + 16 in the high nibble (Q4_0, Q4_1).
 template <typename Block, typename Code>
 void pack_nibbles(Block& b, const Code* c) {
+#pragma omp simd  // the codes never alias the block: lets the compiler vectorize
     for (int j = 0; j < 16; ++j) b.qs[j] = (uint8_t)(c[j] | (c[j + 16] << 4));
 }
 // 32 codes of 5 bits: the low 4 as above, the 5th bit of value j in bit j of qh (Q5_0, Q5_1).
 template <typename Block, typename Code>
 void pack_5bit(Block& b, const Code* c) {
     uint32_t qh = 0;
+#pragma omp simd reduction(| : qh)
     for (int j = 0; j < 16; ++j) {
         b.qs[j] = (uint8_t)((c[j] & 0x0F) | ((c[j + 16] & 0x0F) << 4));
         qh |= (uint32_t)((c[j] >> 4) & 1) << j;
