@@ -93,7 +93,7 @@ py::array_t<uint8_t> pack_codes(Bytes raw, int32_t type, int64_t n_per_row, Ints
         throw std::invalid_argument("codes must be [" + std::to_string(n_rows) + ", " + std::to_string(n_per_row) +
                                     "] for these blocks");
     const int32_t* c = codes.data();
-    for (ssize_t i = 0; i < codes.size(); ++i)
+    for (py::ssize_t i = 0; i < codes.size(); ++i)
         if (c[i] < t.code_min || c[i] > t.code_max)
             throw std::invalid_argument("code " + std::to_string(c[i]) + " is outside " + t.name + "'s range " +
                                         std::to_string(t.code_min) + ".." + std::to_string(t.code_max));

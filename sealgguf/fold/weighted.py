@@ -45,25 +45,25 @@ def code_grid(raw: np.ndarray, type_id: int, n_per_row: int) -> tuple[np.ndarray
     float32 [rows, n_per_row], read off the blocks themselves with every code 0 and then 1."""
     from sealgguf import _core
 
-    rows = raw.size // (_core.block_info(type_id)[1] * (n_per_row // _core.block_info(type_id)[0]))
+    block, nbytes = _core.block_info(type_id)
+    rows = raw.size // (n_per_row // block * nbytes)
     codes = np.zeros((rows, n_per_row), dtype=np.int32)
     b = _core.dequantize(_core.pack_codes(raw, type_id, n_per_row, codes).reshape(-1), type_id, n_per_row)
     a = _core.dequantize(_core.pack_codes(raw, type_id, n_per_row, codes + 1).reshape(-1), type_id, n_per_row) - b
     return a, b
 
 
-def _quantize_columns(w: np.ndarray, u: np.ndarray, column) -> tuple[np.ndarray, np.ndarray]:
-    """GPTQ's inner loop over one block's columns w [rows, block] (U's block u [block, block]): column j becomes
-    column(j, its current values), and its error, divided by U[j, j], moves the block's later columns. Returns
-    the quantized values and the scaled errors; the sum of the squared errors is what the block adds to the
-    layer's output error, the later blocks given their chance to absorb it."""
+def _column_errors(w: np.ndarray, u: np.ndarray, column) -> np.ndarray:
+    """GPTQ's inner loop over one block's columns w [rows, block] (U's block u [block, block]): column j is
+    quantized to column(j, its current values), and its error, divided by U[j, j], moves the block's later
+    columns. Returns those scaled errors [rows, block]: their squares summed over the block are what it adds to
+    the layer's output error, the later blocks given their chance to absorb it."""
     w = w.copy()
-    got, err = np.empty_like(w), np.empty_like(w)
+    err = np.empty_like(w)
     for j in range(w.shape[1]):
-        got[:, j] = column(j, w[:, j])
-        err[:, j] = (w[:, j] - got[:, j]) / u[j, j]
+        err[:, j] = (w[:, j] - column(j, w[:, j])) / u[j, j]
         w[:, j + 1:] -= np.outer(err[:, j], u[j, j + 1:])
-    return got, err
+    return err
 
 
 def feedback_candidate(engine: np.ndarray, target: np.ndarray, type_id: int, importance: np.ndarray,
@@ -107,7 +107,8 @@ def feedback_candidate(engine: np.ndarray, target: np.ndarray, type_id: int, imp
         at = slice(k * block, (k + 1) * block)  # the block's columns in visiting order
         cols = slice(b * block, (b + 1) * block)  # and in the file
         u_bb = u[at, at]
-        _, err = _quantize_columns(w[:, at], u_bb, lambda j, x: have[:, cols][:, j])
+        kept = have[:, cols]
+        err = _column_errors(w[:, at], u_bb, lambda j, x: kept[:, j])
         redo = np.flatnonzero(requantized[:, b])
         if redo.size:
             fields = ggml.quantize(w[redo, at], type_id, importance[cols])
@@ -119,7 +120,7 @@ def feedback_candidate(engine: np.ndarray, target: np.ndarray, type_id: int, imp
                 codes[:, j] = np.clip(np.rint((x - off[:, j]) / step[:, j]), code_min, code_max)
                 return a[:, j] * codes[:, j].astype(np.float32) + off[:, j]
 
-            _, err_gptq = _quantize_columns(w[redo, at], u_bb, nearest)
+            err_gptq = _column_errors(w[redo, at], u_bb, nearest)
             better = np.square(err_gptq).sum(1) < np.square(err[redo]).sum(1)
             rows_gptq = redo[better]
             take[rows_gptq, b] = True
