@@ -31,35 +31,42 @@ def main() -> None:
     logging.disable_progress_bar()
     torch.set_grad_enabled(False)
 
-    def logprobs(lm, windows):
-        return [torch.log_softmax(lm.model(input_ids=torch.tensor([w])).logits[0, :-1].double(), -1) for w in windows]
-
     shipped = load(args.model, "cpu")
     ids = shipped.encoder.encode(knowledge_text())
     if shipped.encoder.bos_id is not None:
         ids = [shipped.encoder.bos_id] + ids
     n = args.window
     windows = [ids[i * n:(i + 1) * n] for i in range(args.windows) if len(ids) >= (i + 1) * n]
-    lp = {"shipped": logprobs(shipped, windows)}
     s = scales_file.load(args.scales)
     seal = SealScales(shipped.layout, s.granularity)
     with torch.no_grad():
         seal.scales.copy_(torch.from_numpy(s.values))
     seal.attach(shipped.model)
-    lp["exact"] = logprobs(shipped, windows)
-    seal.detach_hooks()
-    del shipped
-    lp["sealed"] = logprobs(load(args.sealed, "cpu"), windows)
+    sealed = load(args.sealed, "cpu")
+
+    # one window at a time, all three models on it: only one window's log-probabilities are ever held (a
+    # 262k-token vocabulary makes each 512-token window 1 GiB in float64)
+    nll_sum = {"shipped": 0.0, "exact": 0.0, "sealed": 0.0}
+    kl_sum = {("shipped", "exact"): 0.0, ("exact", "sealed"): 0.0}
+    for w in windows:
+        x, y = torch.tensor([w]), torch.tensor(w[1:])
+        with seal.bypassed():
+            lp = {"shipped": torch.log_softmax(shipped.model(input_ids=x).logits[0, :-1].double(), -1)}
+        lp["exact"] = torch.log_softmax(shipped.model(input_ids=x).logits[0, :-1].double(), -1)
+        lp["sealed"] = torch.log_softmax(sealed.model(input_ids=x).logits[0, :-1].double(), -1)
+        for name, l in lp.items():
+            nll_sum[name] -= l[torch.arange(len(w) - 1), y].sum().item()
+        for a, b in kl_sum:
+            kl_sum[a, b] += (lp[a].exp() * (lp[a] - lp[b])).sum().item()
+    tokens = sum(len(w) - 1 for w in windows)
 
     def nll(name):
-        tot = sum(-l[torch.arange(len(w) - 1), torch.tensor(w[1:])].sum().item() for l, w in zip(lp[name], windows))
-        return tot / sum(len(w) - 1 for w in windows)
+        return nll_sum[name] / tokens
 
     def kl(a, b):
-        tot = sum((pa.exp() * (pa - pb)).sum().item() for pa, pb in zip(lp[a], lp[b]))
-        return tot / sum(len(w) - 1 for w in windows)
+        return kl_sum[a, b] / tokens
 
-    ppl = {k: math.exp(nll(k)) for k in lp}
+    ppl = {k: math.exp(nll(k)) for k in nll_sum}
     print(f"{args.sealed.name}: form {s.form}, {len(windows)} x {n} tokens")
     print(f"  perplexity shipped {ppl['shipped']:.3f}, exact {ppl['exact']:.3f}, sealed {ppl['sealed']:.3f} "
           f"(sealed vs exact {100 * (ppl['sealed'] / ppl['exact'] - 1):+.2f}%)")
