@@ -207,6 +207,31 @@ def test_a_bad_gram_is_one_line(tmp_path, gram, match):
     assert "bad.gguf" in str(e.value) and name + ".in_gram" in str(e.value) and "\n" not in str(e.value)
 
 
+def _scaled_layer(type_name: str, draw_cols):
+    """A random [48, 512] layer quantized by the engine as `type_name`, scaled by draw_cols(rng, n) and folded by
+    the engine, with the Gram matrix of correlated activations and a held-out draw of them. Returns (type_id,
+    target, engine bytes, the engine's stats, gram, output_error), output_error(raw) being the layer's relative
+    output error on the held-out activations against the exactly scaled layer."""
+    import gguf
+
+    rng = np.random.default_rng(5)
+    rows, n = 48, 512
+    type_id = int(gguf.GGMLQuantizationType[type_name])
+    raw = _core.quantize(rng.normal(0, 0.05, (rows, n)).astype(np.float32), type_id)
+    cols = draw_cols(rng, n).astype(np.float32)
+    target = _core.dequantize(raw.reshape(-1), type_id, n) * cols[None, :]
+    engine, stats = _core.fold(raw.reshape(-1), type_id, n, cols, 1, None)
+    draw = _activations(n)
+    gram = _gram(draw(rng, 4000))
+    held_out = draw(np.random.default_rng(6), 4000)
+
+    def output_error(out: np.ndarray) -> float:
+        e = _core.dequantize(out.reshape(-1), type_id, n) - target
+        return float(np.square(held_out @ e.T).sum() / np.square(held_out @ target.T).sum())
+
+    return type_id, target, engine, stats, gram, output_error
+
+
 # Measured here (column by column, blocks in importance order): 0.56-0.67x the weighted fold's error for every
 # type but Q3_K 0.77x and Q2_K 0.87x (2-bit codes leave the least room to carry an error)
 @pytest.mark.parametrize("type_name,bound", [("Q4_0", 0.75), ("Q4_1", 0.7), ("Q5_0", 0.7), ("Q5_1", 0.7),
@@ -216,30 +241,17 @@ def test_error_feedback_lowers_the_layer_output_error(type_name, bound):
     """With the activations' Gram matrix, carrying each block's error into the next blocks makes the layer's
     output on held-out activations (new draws from the same source) closer to the exactly scaled layer's than
     the importance weighting alone does; both start from the same engine fold."""
-    import gguf
-
+    from sealgguf.fold.rewrite import REQUANTIZED
     from sealgguf.fold.weighted import feedback_candidate, weighted_candidate
 
-    rng = np.random.default_rng(5)
-    rows, n = 48, 512
-    type_id = int(gguf.GGMLQuantizationType[type_name])
-    raw = _core.quantize(rng.normal(0, 0.05, (rows, n)).astype(np.float32), type_id)
-    cols = rng.uniform(0.6, 1.4, n).astype(np.float32)
-    target = _core.dequantize(raw.reshape(-1), type_id, n) * cols[None, :]
-    engine, stats = _core.fold(raw.reshape(-1), type_id, n, cols, 1, None)
-    draw = _activations(n)
-    gram = _gram(draw(rng, 4000))
-    held_out = draw(np.random.default_rng(6), 4000)
+    type_id, target, engine, stats, gram, output_error = _scaled_layer(type_name,
+                                                                       lambda rng, n: rng.uniform(0.6, 1.4, n))
     importance = np.diag(gram).astype(np.float32)
-
-    def output_error(out: np.ndarray) -> float:
-        e = _core.dequantize(out.reshape(-1), type_id, n) - target
-        return float(np.square(held_out @ e.T).sum() / np.square(held_out @ target.T).sum())
-
     weighted, _ = weighted_candidate(engine, target, type_id, importance)
-    feedback, take = feedback_candidate(engine, target, type_id, importance, gram, stats["block_kinds"] >= 2)
+    requantized = stats["block_kinds"] >= REQUANTIZED
+    feedback, take = feedback_candidate(engine, target, type_id, importance, gram, requantized)
     assert feedback.shape == weighted.shape and take.any()
-    assert np.isfinite(_core.dequantize(feedback.reshape(-1), type_id, n)).all()
+    assert np.isfinite(_core.dequantize(feedback.reshape(-1), type_id, target.shape[1])).all()
     assert output_error(feedback) < bound * output_error(weighted) < output_error(engine)
 
 
@@ -248,29 +260,16 @@ def test_error_feedback_keeps_the_engines_refit_blocks():
     block's levels with refit scales, 4x below a fresh quantization in output error (measured here). The feedback
     fold weighs its own candidate against the engine's block by block, so it keeps them and stays at the engine's
     error instead of falling back to a fresh quantization's."""
-    import gguf
-
+    from sealgguf.fold.rewrite import REFIT, REQUANTIZED
     from sealgguf.fold.weighted import feedback_candidate
 
-    rng = np.random.default_rng(5)
-    rows, n, head_dim = 48, 512, 64
-    type_id = int(gguf.GGMLQuantizationType.Q4_K)
-    raw = _core.quantize(rng.normal(0, 0.05, (rows, n)).astype(np.float32), type_id)
-    cols = np.repeat(rng.uniform(0.5, 1.5, n // head_dim), head_dim).astype(np.float32)
-    target = _core.dequantize(raw.reshape(-1), type_id, n) * cols[None, :]
-    engine, stats = _core.fold(raw.reshape(-1), type_id, n, cols, 1, None)
-    draw = _activations(n)
-    gram = _gram(draw(rng, 4000))
-    held_out = draw(np.random.default_rng(6), 4000)
-
-    def output_error(out: np.ndarray) -> float:
-        e = _core.dequantize(out.reshape(-1), type_id, n) - target
-        return float(np.square(held_out @ e.T).sum() / np.square(held_out @ target.T).sum())
-
+    head_dim = 64
+    type_id, target, engine, stats, gram, output_error = _scaled_layer(
+        "Q4_K", lambda rng, n: np.repeat(rng.uniform(0.5, 1.5, n // head_dim), head_dim))
     fresh = _core.quantize(target.astype(np.float32), type_id)
     feedback, take = feedback_candidate(engine, target, type_id, np.diag(gram).astype(np.float32), gram,
-                                        stats["block_kinds"] >= 2)
-    assert (stats["block_kinds"] == 3).mean() > 0.9 and take.mean() < 0.2
+                                        stats["block_kinds"] >= REQUANTIZED)
+    assert (stats["block_kinds"] == REFIT).mean() > 0.9 and take.mean() < 0.2
     assert output_error(feedback) < 1.02 * output_error(engine) < 0.5 * output_error(fresh)
 
 
