@@ -223,18 +223,18 @@ def adopt(r: Runner, name: str, model: str, scales_src: Path, score_length: int)
 
 
 def shipped_default(r: Runner, length: int, rope: tuple[str, float] = ("none", 0.0), dtype: str = "fp32",
-                    n_eval: int | None = None) -> dict:
-    """The configuration `sealgguf tune` ships with (sealgguf.tune's defaults), tuned on SmolLM2 lines, optionally
+                    n_eval: int | None = None, model: str = "smollm2") -> dict:
+    """The configuration `sealgguf tune` ships with (sealgguf.tune's defaults), tuned on `model`'s lines, optionally
     under a rope scaling, in `dtype` (named in the run unless fp32), and scored on its tuning cell."""
     from sealgguf.tune import DEFAULT_GRANULARITY, DEFAULT_KEEP, DEFAULT_LR
 
     g, lr = DEFAULT_GRANULARITY, DEFAULT_LR[DEFAULT_GRANULARITY]
-    name = (f"smollm2-lines{length}-{g[0].upper()}" + (f"-{rope[0]}{rope[1]:g}" if rope[0] != "none" else "")
+    name = (f"{model}-lines{length}-{g[0].upper()}" + (f"-{rope[0]}{rope[1]:g}" if rope[0] != "none" else "")
             + f"-lr{lr:g}" + (f"-keep{DEFAULT_KEEP:g}" if DEFAULT_KEEP else "") + f"-s{r.plan.samples}"
             + (f"-{dtype}" if dtype != "fp32" else ""))
-    run = r.tune(name, "smollm2", ["lines"], g, length, r.plan.samples, lr, rope, keep=DEFAULT_KEEP, dtype=dtype)
+    run = r.tune(name, model, ["lines"], g, length, r.plan.samples, lr, rope, keep=DEFAULT_KEEP, dtype=dtype)
     n = n_eval or r.plan.n_eval
-    r.eval("smollm2", "lines", length, n, rope if rope[0] != "none" else ("none", 1.0))
+    r.eval(model, "lines", length, n, rope if rope[0] != "none" else ("none", 1.0))
     r.eval(run["name"], "lines", length, n, rope if rope[0] != "none" else ("none", 1.0))
     return run
 
@@ -314,10 +314,7 @@ def run_steps(r: Runner, steps: list[str]) -> None:
             r.eval(exact[model], "lines", length, p.n_eval)
         r.eval(shipped, "lines", L, p.n_eval)
         # the untied default recipe on Gemma 3 too: is the exact fold's gain there exactness, or SEAL-C itself?
-        G = p.gemma_length
-        untied = r.tune(f"gemma3-lines{G}-C-lr{lr_c:g}-keep{DEFAULT_KEEP:g}-s{p.samples}", "gemma3", ["lines"],
-                        "channel", G, p.samples, lr_c, keep=DEFAULT_KEEP)["name"]
-        r.eval(untied, "lines", G, p.n_eval)
+        untied = shipped_default(r, p.gemma_length, model="gemma3")["name"]
         for task, n_tok in p.ood.items():  # out of domain, beside the untied default (the ood step's cells)
             for model in ("smollm2", shipped, exact["smollm2"]):
                 r.eval(model, task, n_tok, p.n_ood)
