@@ -5,6 +5,7 @@ import pytest
 
 import ggml_ref
 from sealgguf import _core
+from sealgguf.fold.rewrite import REFIT
 
 # byte ranges of the float scale fields in each block (d, and m / dmin)
 SCALE_FIELDS = {2: [(0, 2)], 3: [(0, 4)], 6: [(0, 2)], 7: [(0, 4)], 8: [(0, 2)], 10: [(80, 84)],
@@ -118,7 +119,6 @@ def test_shape_mismatch_refused():
 # Byte ranges of every scale field (float d / dmin and the integer sub-block scales): what a refit may change.
 ALL_SCALE_FIELDS = {2: [(0, 2)], 3: [(0, 4)], 6: [(0, 2)], 7: [(0, 4)], 8: [(0, 2)], 10: [(0, 16), (80, 84)],
                     11: [(96, 110)], 12: [(0, 16)], 13: [(0, 16)], 14: [(192, 210)]}
-REFIT = 3  # block kind (cpp/fold.h)
 
 
 def _levels_kept(type_id, raw, new, kinds):

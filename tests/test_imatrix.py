@@ -273,6 +273,43 @@ def test_error_feedback_keeps_the_engines_refit_blocks():
     assert output_error(feedback) < 1.02 * output_error(engine) < 0.5 * output_error(fresh)
 
 
+def test_gptq_factor_is_the_cholesky_factor_of_the_inverse():
+    """U from one Cholesky factorization in reversed order and a triangular inverse by halves (600 > the 256 of
+    the plain inverse, so the recursion runs) is the upper Cholesky factor of the inverse Gram matrix."""
+    from sealgguf.fold.weighted import _gptq_factor
+
+    x = _activations(600)(np.random.default_rng(11), 900)
+    h = x.T @ x + 0.1 * np.eye(600)
+    u = _gptq_factor(h)
+    assert np.array_equal(u, np.triu(u)) and (np.diag(u) > 0).all()
+    want = np.linalg.cholesky(np.linalg.inv(h)).T
+    assert np.abs(u - want).max() < 1e-9 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("type_name", ["Q4_1", "Q4_K"])
+def test_error_feedback_batches_do_not_change_the_result(type_name, monkeypatch):
+    """GPTQ's lazy batches only regroup the same updates: batches of 64 columns with 8 at a time (several batches
+    over the 512 columns, several groups inside a Q4_K super-block) give the blocks that one batch of all 512
+    columns gives, where every column's error moves every later column at once."""
+    from sealgguf.fold import weighted
+    from sealgguf.fold.rewrite import REQUANTIZED
+
+    type_id, target, engine, stats, gram, output_error = _scaled_layer(type_name,
+                                                                       lambda rng, n: rng.uniform(0.6, 1.4, n))
+    runs = {}
+    n = target.shape[1]
+    for columns, batch in ((n, n), (8, 64)):
+        monkeypatch.setattr(weighted, "COLUMNS", columns)
+        monkeypatch.setattr(weighted, "BATCH", batch)
+        runs[batch] = weighted.feedback_candidate(engine, target, type_id, np.diag(gram).astype(np.float32), gram,
+                                                  stats["block_kinds"] >= REQUANTIZED)[0]
+    assert not np.array_equal(runs[n], engine)
+    nbytes = _core.block_info(type_id)[1]
+    same = (runs[n].reshape(-1, nbytes) == runs[64].reshape(-1, nbytes)).all(1)
+    assert same.mean() > 0.999  # a float tie may round the other way in another summation order
+    assert output_error(runs[64]) == pytest.approx(output_error(runs[n]), rel=1e-3)
+
+
 def test_fold_with_grams_carries_the_error_and_says_so(smollm2, tmp_path):
     """An imatrix with Gram matrices folds with error feedback: seal.fold.error_feedback says so, the layer outputs
     on new activations from the same source move less than with the importance alone, and the rest of the

@@ -10,6 +10,9 @@ applied exactly. The square root is printed: a relative output error.
 
     .venv/bin/python tools/bench_feedback.py [--model smollm2] [--scales FILE|none] [--windows 16,64]
         [--head-dims 64,128 --head-scales FILE]   (per-head scales on K-quant layouts, as bench_fold's second table)
+    .venv/bin/python tools/bench_feedback.py --size 4096,8192 [--types Q4_1,Q4_K]
+        (only the time of the error feedback on one synthetic N x N attn_output, the size of Llama-3-8B's and
+        -70B's, with per-channel scales and a Gram matrix of 2N random activations; no model is loaded)
 """
 
 from __future__ import annotations
@@ -81,6 +84,30 @@ def table(err: dict[str, float], secs: dict[str, float]) -> None:
         print(f"| {name} | {np.sqrt(err[name]):.4f} | {err[name] / base:.2f} | {secs[name]:.2f} |")
 
 
+def time_at_size(size: int, type_name: str) -> None:
+    """Seconds of the engine's fold and of the error feedback on one synthetic size x size tensor."""
+    import gguf
+
+    from sealgguf import _core
+    from sealgguf.fold.rewrite import REQUANTIZED
+    from sealgguf.fold.weighted import feedback_candidate
+
+    type_id = int(gguf.GGMLQuantizationType[type_name])
+    rng = np.random.default_rng(0)
+    raw = _core.quantize((rng.standard_normal((size, size)) * 0.02).astype(np.float32), type_id)
+    cols = rng.uniform(0.7, 1.3, size).astype(np.float32)
+    x = rng.standard_normal((2 * size, size)).astype(np.float32) * rng.uniform(0.2, 3, size).astype(np.float32)
+    gram = (x.T @ x).astype(np.float64)
+    want = _core.dequantize(raw, type_id, size) * cols
+    start = time.perf_counter()
+    engine, stats = _core.fold(raw, type_id, size, cols, 0, None)
+    mid = time.perf_counter()
+    feedback_candidate(engine, want, type_id, np.diag(gram).astype(np.float32), gram,
+                       stats["block_kinds"] >= REQUANTIZED)
+    end = time.perf_counter()
+    print(f"| {size} x {size} | {type_name} | {mid - start:.2f} | {end - mid:.1f} |")
+
+
 def main() -> None:
     from sealgguf.gguf_file import ATTN_OUTPUT, GGUFFile, read_layout
     from sealgguf.imatrix import WINDOW, measure
@@ -97,7 +124,17 @@ def main() -> None:
                     "of these sizes (e.g. 64,128 on gemma3), drawn from --head-scales as tools/bench_fold.py does")
     ap.add_argument("--head-scales", default=None, help="a learned per-head scales file to draw from "
                     "(uniform 0.5-1.5 without one)")
+    ap.add_argument("--size", default="", help="only time the error feedback on synthetic square tensors of these "
+                    "sizes (e.g. 4096,8192)")
+    ap.add_argument("--types", default="Q4_1,Q4_K", help="the types for --size")
     args = ap.parse_args()
+    if args.size:
+        print("| tensor | type | engine fold, s | error feedback, s |")
+        print("|---|---|---|---|")
+        for size in [int(n) for n in args.size.split(",")]:
+            for name in args.types.split(","):
+                time_at_size(size, name)
+        return
     model = resolve(args.model)
     src = GGUFFile(model)
     layout = read_layout(src, model)
