@@ -9,12 +9,16 @@
    one). Relative RMSE against the exactly scaled weights: a fresh quantization of every block, and the
    engine (the better of that and the block's own levels with refit scales, per block), and the engine's
    error with each sub-block's min left unrounded (what the integer mins cost).
+   --parts bound: how far any fit that keeps the 4-bit codes could go on the same super-blocks (a sample):
+   every fp16 step d and min step dmin within --span of the least-squares ones, each sub-block's integer
+   scale and min the best of a 5 x 5 neighbourhood, against the engine and a fresh quantization.
 3. Whole file: `fold_file` vs a plain copy of the same file and vs the SHA-256 of it (the fold records the
    source's hash, so max(copy, SHA-256) is its floor), side by side in one run, and the peak memory of a
    fold in a child process.
 
     .venv/bin/python tools/bench_fold.py [--model smollm2|gemma3|PATH] [--rows 1024] [--repeat 3] [--parts file]
         [--head-scales runs/reproduce/tune/gemma3-lines1024-H-lr0.02-s50.scales.safetensors]
+    .venv/bin/python tools/bench_fold.py --parts bound [--samples 300] [--span 1.3]
 """
 
 from __future__ import annotations
@@ -132,6 +136,76 @@ def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
         print(f"{name:6s} {hd:8d} {k:7d} {f:8.2e} {e:8.2e} {f / e:5.2f}x {refit:6d}/{req:<6d} {free}")
 
 
+def _fp16_between(lo: float, hi: float) -> np.ndarray:
+    """Every fp16 value in [lo, hi] (lo > 0), as float64."""
+    bits = np.arange(np.float16(lo).view(np.uint16), np.float16(hi).view(np.uint16) + 1, dtype=np.uint16)
+    return bits.view(np.float16).astype(np.float64)
+
+
+def best_kept_codes(target: np.ndarray, codes: np.ndarray, span: float, top: int = 63) -> float:
+    """The lowest squared error of one K-quant super-block (value = d sc q - dmin m, sub-blocks as the rows of
+    target [n_sub, sub] and codes q) that keeps the codes: every fp16 d and dmin from the largest least-squares
+    sub-block slope and offset over `top` up to `span` times that, each sub-block's integers (sc, m) in
+    [0, top] the best of the 5 x 5 around the rounded least-squares pair."""
+    t, q = target.astype(np.float64), codes.astype(np.float64)
+    n = q.shape[1]
+    sl, sll, st, slt, stt = q.sum(1), (q * q).sum(1), t.sum(1), (q * t).sum(1), (t * t).sum(1)
+    var = n * sll - sl * sl
+    slope = np.where(var > 0, (n * slt - sl * st) / np.where(var > 0, var, 1), 0.0)  # t ~ slope q - offset
+    offset = (slope * sl - st) / n
+    a_top, b_top = max(slope.max(), 1e-8) / top, max(offset.max(), 1e-8) / top
+    d, dmin = np.meshgrid(_fp16_between(a_top, a_top * span), _fp16_between(b_top, b_top * span), indexing="ij")
+    total = np.zeros(d.shape)
+    for j in range(q.shape[0]):
+        sc0, m0 = np.rint(slope[j] / d), np.rint(offset[j] / dmin)
+        best = np.full(d.shape, np.inf)
+        for ds in range(-2, 3):
+            x = d * np.clip(sc0 + ds, 0, top)
+            for dm in range(-2, 3):
+                y = dmin * np.clip(m0 + dm, 0, top)
+                e = x * x * sll[j] + n * y * y + stt[j] - 2 * x * slt[j] + 2 * y * st[j] - 2 * x * y * sl[j]
+                best = np.minimum(best, e)
+        total += best
+    return float(total.min())
+
+
+def bench_kquant_bound(model: Path, head_scales: Path | None, samples: int, span: float) -> None:
+    from sealgguf import _core, scales
+    from sealgguf.fold import open_gguf
+    from sealgguf.fold.weighted import code_grid
+    from sealgguf.gguf_file import ATTN_OUTPUT
+
+    src = open_gguf(model)
+    pool = scales.load(head_scales).values.reshape(-1) if head_scales else None
+    print(f"keeping the codes at best: {model.name}'s Q4_K attn_output as heads of 64 / 128, {samples} sampled "
+          f"super-blocks, every fp16 d and dmin within {span}x of the least-squares ones")
+    print(f"{'head_dim':>8s} {'fresh':>9s} {'engine':>9s} {'ratio':>6s} {'best kept':>10s} {'ratio':>6s}")
+    for hd in (64, 128):
+        rng = np.random.default_rng(0)
+        parts = {"target": [], "codes": [], "fresh": [], "engine": []}
+        for t in src.tensors:
+            if not ATTN_OUTPUT.match(t.name) or src.type_name(t) != "Q4_K":
+                continue
+            n, raw = int(t.shape[0]), src.tensor_data(t)
+            original = _core.dequantize(raw, t.type_id, n)
+            per_head = pool[rng.integers(0, pool.size, n // hd)] if pool is not None else rng.uniform(0.5, 1.5, n // hd)
+            s = np.repeat(per_head, hd).astype(np.float32)
+            a, b = code_grid(raw.reshape(original.shape[0], -1), t.type_id, n)
+            parts["codes"].append(np.rint((original - b) / np.where(a == 0, 1, a)))
+            parts["target"].append(original * s)
+            parts["fresh"].append(_core.dequantize(_core.quantize(original * s, t.type_id), t.type_id, n))
+            parts["engine"].append(_core.dequantize(_core.fold(raw, t.type_id, n, s)[0], t.type_id, n))
+        blocks = {k: np.concatenate([x.reshape(-1, 256) for x in v]).astype(np.float64) for k, v in parts.items()}
+        pick = rng.choice(len(blocks["target"]), samples, replace=False)
+        target = blocks["target"][pick]
+        ref = float(np.square(target).sum())
+        fresh = np.sqrt(np.square(blocks["fresh"][pick] - target).sum() / ref)
+        engine = np.sqrt(np.square(blocks["engine"][pick] - target).sum() / ref)
+        kept = np.sqrt(sum(best_kept_codes(target[i].reshape(8, 32), blocks["codes"][pick[i]].reshape(8, 32), span)
+                           for i in range(samples)) / ref)
+        print(f"{hd:8d} {fresh:9.3e} {engine:9.3e} {fresh / engine:5.2f}x {kept:10.3e} {fresh / kept:5.2f}x")
+
+
 def bench_file(model: Path, repeat: int) -> None:
     from sealgguf import scales
     from sealgguf.fold import fold_file, open_gguf, read_layout
@@ -199,7 +273,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--head-scales", type=Path, default=DEFAULT_HEAD_SCALES if DEFAULT_HEAD_SCALES.is_file() else None,
                     help="SEAL-H scales file to draw per-head scales from (default: Gemma's from tools/reproduce.py)")
-    ap.add_argument("--parts", default="types,heads,file", help="which of the three tables (default: all)")
+    ap.add_argument("--parts", default="types,heads,file", help="which of the three tables (default: all); "
+                    "'bound' adds the best fit that keeps the codes (slow: ~0.3 s a super-block)")
+    ap.add_argument("--samples", type=int, default=300, help="super-blocks for --parts bound")
+    ap.add_argument("--span", type=float, default=1.3, help="search range of d and dmin for --parts bound")
     args = ap.parse_args()
     from sealgguf.models import resolve
 
@@ -209,6 +286,9 @@ def main() -> None:
         print()
     if "heads" in parts:
         bench_kquant_heads(resolve("gemma3"), args.head_scales)
+        print()
+    if "bound" in parts:
+        bench_kquant_bound(resolve("gemma3"), args.head_scales, args.samples, args.span)
         print()
     if "file" in parts:
         for m in args.model or ["smollm2", "gemma3"]:
