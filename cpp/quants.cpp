@@ -16,7 +16,14 @@ constexpr float kGroupMaxEps = 1e-15f;
 
 inline float h2f(fp16_t h) { return fp16_to_fp32(h); }
 inline fp16_t f2h(float f) { return fp32_to_fp16(f); }
-inline int nearest_int(float x) { return (int)std::nearbyintf(x); }  // ties to even, like ggml
+// ggml's nearest_int: round to nearest, ties to even, by adding 1.5 * 2^23 (exact for |x| <= 4194303, which ggml
+// asserts; every argument here is a level or a 6-bit scale). No library call, so loops over it vectorize.
+inline int nearest_int(float x) {
+    const float v = x + 12582912.f;
+    int32_t i;
+    std::memcpy(&i, &v, sizeof i);
+    return (i & 0x007fffff) - 0x00400000;
+}
 
 // ---------------------------------------------------------------- float types (block of 1)
 
@@ -267,46 +274,79 @@ void set_scales_q8_0(void* b, float d, float, const int*, const int*) { ((block_
 
 // ---------------------------------------------------------------- K-quant helpers
 
-// Symmetric fit of n values to levels -nmax..nmax-1 (weighted least squares over 19 trial
-// scales). Returns the scale; L gets levels offset by nmax. Same search as ggml's make_qx_quants.
-float fit_symmetric(int n, int nmax, const float* x, int8_t* L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; ++i) {
-        if (std::fabs(x[i]) > amax) { amax = std::fabs(x[i]); max = x[i]; }
+// Symmetric fits of N sub-blocks of n values (x [N][n]) to levels -nmax..nmax-1, weighted least squares over 19
+// trial scales: ggml's make_qx_quants (rmse_type 1, no weights given). As fit_affine below, sub-block k runs in lane
+// k through exactly the scalar operations in their order, so the results are ggml's bit for bit. Writes each
+// sub-block's scale, and its levels offset by nmax to L [N][n].
+template <int N>
+void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out) {
+    constexpr int kMaxN = 16;
+    float xt[kMaxN][N];
+    int32_t lv[kMaxN][N], aux[kMaxN][N];
+    for (int k = 0; k < N; ++k)
+        for (int i = 0; i < n; ++i) xt[i][k] = x[k * n + i];
+    auto level = [](float v, int nmax) {  // std::max(-nmax, std::min(nmax - 1, nearest_int(v))), in selects
+        const int l = nearest_int(v);
+        return l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
+    };
+    float max[N], amax[N], sumlx[N], suml2[N], scale[N], best[N];
+    for (int k = 0; k < N; ++k) max[k] = amax[k] = 0;
+    for (int i = 0; i < n; ++i)
+#pragma omp simd
+        for (int k = 0; k < N; ++k) {
+            const bool above = std::fabs(xt[i][k]) > amax[k];
+            amax[k] = above ? std::fabs(xt[i][k]) : amax[k];
+            max[k] = above ? xt[i][k] : max[k];
+        }
+    float iscale0[N];
+    for (int k = 0; k < N; ++k) {
+        iscale0[k] = -nmax / max[k];  // inf in a lane whose max is 0: that lane is replaced below
+        sumlx[k] = suml2[k] = 0;
     }
-    if (amax < kGroupMaxEps) {
-        std::fill(L, L + n, 0);
-        return 0.f;
+    for (int i = 0; i < n; ++i)
+#pragma omp simd
+        for (int k = 0; k < N; ++k) {
+            const int l = level(iscale0[k] * xt[i][k], nmax);
+            lv[i][k] = l + nmax;
+            const float w = xt[i][k] * xt[i][k];
+            sumlx[k] += w * xt[i][k] * l;
+            suml2[k] += w * l * l;
+        }
+    for (int k = 0; k < N; ++k) {
+        scale[k] = suml2[k] ? sumlx[k] / suml2[k] : 0.0f;
+        best[k] = scale[k] * sumlx[k];
     }
-    auto level = [&](float iscale, int i) { return std::max(-nmax, std::min(nmax - 1, nearest_int(iscale * x[i]))); };
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        const int l = level(iscale, i);
-        L[i] = (int8_t)(l + nmax);
-        const float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
     for (int is = -9; is <= 9; ++is) {
         if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            const int l = level(iscale, i);
-            const float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
+        float iscale[N];
+        bool take[N];
+        for (int k = 0; k < N; ++k) {
+            iscale[k] = -(nmax + 0.1f * is) / max[k];
+            sumlx[k] = suml2[k] = 0;
         }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; ++i) L[i] = (int8_t)(nmax + level(iscale, i));
-            scale = sumlx / suml2;
-            best = scale * sumlx;
+        for (int i = 0; i < n; ++i)
+#pragma omp simd
+            for (int k = 0; k < N; ++k) {
+                const int l = level(iscale[k] * xt[i][k], nmax);
+                aux[i][k] = l + nmax;
+                const float w = xt[i][k] * xt[i][k];
+                sumlx[k] += w * xt[i][k] * l;
+                suml2[k] += w * l * l;
+            }
+        for (int k = 0; k < N; ++k) {
+            take[k] = suml2[k] > 0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
+            scale[k] = take[k] ? sumlx[k] / suml2[k] : scale[k];
+            best[k] = take[k] ? scale[k] * sumlx[k] : best[k];
         }
+        for (int i = 0; i < n; ++i)
+#pragma omp simd
+            for (int k = 0; k < N; ++k) lv[i][k] = take[k] ? aux[i][k] : lv[i][k];
     }
-    return scale;
+    for (int k = 0; k < N; ++k) {
+        const bool small = amax[k] < kGroupMaxEps;
+        scale_out[k] = small ? 0.f : scale[k];
+        for (int i = 0; i < n; ++i) L[k * n + i] = small ? 0 : (int8_t)lv[i][k];
+    }
 }
 
 // Q3_K's sub-block fit: start from the max, then move single levels while the weighted
@@ -355,63 +395,97 @@ float fit_q3(int n, int nmax, const float* x, int8_t* L) {
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
-// Asymmetric fit x ~ scale * L - min with L in 0..nmax, searching nstep+1 trial scales and
-// solving weighted least squares for (scale, min) at each. Same as ggml's make_qkx2_quants.
-float fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min,
-                 float rmin, float rdelta, int nstep, bool use_mad) {
-    float min = x[0], max = x[0];
-    float sum_w = w[0], sum_x = sum_w * x[0];
-    for (int i = 1; i < n; ++i) {
-        min = std::min(min, x[i]);
-        max = std::max(max, x[i]);
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
+// Asymmetric fits x ~ scale * L - min with L in 0..nmax for N sub-blocks of n values at once (x, w and L are
+// [N][n]), each searching nstep+1 trial scales and solving weighted least squares for (scale, min) at each:
+// ggml's make_qkx2_quants. Sub-block k runs in lane k of every loop over k below, through exactly the scalar
+// operations of make_qkx2_quants in their order (branches become selects), so the results are ggml's bit for
+// bit while the compiler runs the N lanes in vectors. Writes each sub-block's levels, scale and -min.
+template <int N, bool kMad>
+void fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* L, float* scale_out, float* min_out,
+                float rmin, float rdelta, int nstep) {
+    constexpr int kMaxN = 32;
+    float xt[kMaxN][N], wt[kMaxN][N];  // transposed: value i of every lane together
+    int32_t lv[kMaxN][N], aux[kMaxN][N];
+    for (int k = 0; k < N; ++k)
+        for (int i = 0; i < n; ++i) xt[i][k] = x[k * n + i], wt[i][k] = w[k * n + i];
+    auto err = [](float d) { return kMad ? std::fabs(d) : d * d; };
+    // std::max(0, std::min(nmax, nearest_int(v))), in selects (std::min/max take references, which stop the vectorizer)
+    auto level = [](float v, int nmax) {
+        const int l = nearest_int(v);
+        return l < 0 ? 0 : l > nmax ? nmax : l;
+    };
+    float mn[N], mx[N], sum_w[N], sum_x[N], iscale[N], scale[N], best[N];
+    for (int k = 0; k < N; ++k) {
+        mn[k] = mx[k] = xt[0][k];
+        sum_w[k] = wt[0][k];
+        sum_x[k] = sum_w[k] * xt[0][k];
     }
-    if (min > 0) min = 0;
-    if (max == min) {
-        std::fill(L, L + n, 0);
-        *the_min = -min;
-        return 0.f;
+    for (int i = 1; i < n; ++i)
+#pragma omp simd
+        for (int k = 0; k < N; ++k) {
+            mn[k] = std::min(mn[k], xt[i][k]);
+            mx[k] = std::max(mx[k], xt[i][k]);
+            sum_w[k] += wt[i][k];
+            sum_x[k] += wt[i][k] * xt[i][k];
+        }
+    bool flat[N];  // every value the same: all levels 0, scale 0
+    float flat_min[N];
+    for (int k = 0; k < N; ++k) {
+        if (mn[k] > 0) mn[k] = 0;
+        flat[k] = mx[k] == mn[k];
+        flat_min[k] = mn[k];
+        iscale[k] = nmax / (mx[k] - mn[k]);  // inf for a flat sub-block: its results are replaced below
+        scale[k] = 1 / iscale[k];
+        best[k] = 0;
     }
-    auto err = [&](float d) { return use_mad ? std::fabs(d) : d * d; };
-    float iscale = nmax / (max - min);
-    float scale = 1 / iscale;
-    float best_error = 0;
-    for (int i = 0; i < n; ++i) {
-        L[i] = (uint8_t)std::max(0, std::min(nmax, nearest_int(iscale * (x[i] - min))));
-        best_error += w[i] * err(scale * L[i] + min - x[i]);
-    }
-    uint8_t Laux[32];
+    for (int i = 0; i < n; ++i)
+#pragma omp simd
+        for (int k = 0; k < N; ++k) {
+            lv[i][k] = level(iscale[k] * (xt[i][k] - mn[k]), nmax);
+            best[k] += wt[i][k] * err(scale[k] * lv[i][k] + mn[k] - xt[i][k]);
+        }
     for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; ++i) {
-            const int l = std::max(0, std::min(nmax, nearest_int(iscale * (x[i] - min))));
-            Laux[i] = (uint8_t)l;
-            sum_l += w[i] * l;
-            sum_l2 += w[i] * l * l;
-            sum_xl += w[i] * l * x[i];
+        float sum_l[N], sum_l2[N], sum_xl[N], this_scale[N], this_min[N], cur[N];
+        bool take[N];
+        for (int k = 0; k < N; ++k) {
+            iscale[k] = (rmin + rdelta * is + nmax) / (mx[k] - mn[k]);
+            sum_l[k] = sum_l2[k] = sum_xl[k] = cur[k] = 0;
         }
-        const float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) {
-                this_min = 0;
-                this_scale = sum_xl / sum_l2;
+        for (int i = 0; i < n; ++i)
+#pragma omp simd
+            for (int k = 0; k < N; ++k) {
+                const int l = level(iscale[k] * (xt[i][k] - mn[k]), nmax);
+                aux[i][k] = l;
+                sum_l[k] += wt[i][k] * l;
+                sum_l2[k] += wt[i][k] * l * l;
+                sum_xl[k] += wt[i][k] * l * xt[i][k];
             }
-            float cur_error = 0;
-            for (int i = 0; i < n; ++i) cur_error += w[i] * err(this_scale * Laux[i] + this_min - x[i]);
-            if (cur_error < best_error) {
-                std::memcpy(L, Laux, n);
-                best_error = cur_error;
-                scale = this_scale;
-                min = this_min;
-            }
+        for (int k = 0; k < N; ++k) {
+            const float D = sum_w[k] * sum_l2[k] - sum_l[k] * sum_l[k];
+            const float s = (sum_w[k] * sum_xl[k] - sum_x[k] * sum_l[k]) / D;
+            const float m = (sum_l2[k] * sum_x[k] - sum_l[k] * sum_xl[k]) / D;
+            this_scale[k] = m > 0 ? sum_xl[k] / sum_l2[k] : s;
+            this_min[k] = m > 0 ? 0.f : m;
+            take[k] = D > 0;
         }
+        for (int i = 0; i < n; ++i)
+#pragma omp simd
+            for (int k = 0; k < N; ++k) cur[k] += wt[i][k] * err(this_scale[k] * aux[i][k] + this_min[k] - xt[i][k]);
+        for (int k = 0; k < N; ++k) {
+            take[k] = take[k] && cur[k] < best[k];
+            best[k] = take[k] ? cur[k] : best[k];
+            scale[k] = take[k] ? this_scale[k] : scale[k];
+            mn[k] = take[k] ? this_min[k] : mn[k];
+        }
+        for (int i = 0; i < n; ++i)
+#pragma omp simd
+            for (int k = 0; k < N; ++k) lv[i][k] = take[k] ? aux[i][k] : lv[i][k];
     }
-    *the_min = -min;
-    return scale;
+    for (int k = 0; k < N; ++k) {
+        scale_out[k] = flat[k] ? 0.f : scale[k];
+        min_out[k] = flat[k] ? -flat_min[k] : -mn[k];
+        for (int i = 0; i < n; ++i) L[k * n + i] = flat[k] ? 0 : (uint8_t)lv[i][k];
+    }
 }
 
 // Q4_K / Q5_K pack eight 6-bit (scale, min) pairs into 12 bytes.
@@ -471,14 +545,16 @@ void set_scales_k4(void* b, float d, float dmin, const int* sc, const int* m) {
 // Affine sub-blocks of 32 (Q4_K, Q5_K): fit each, then quantize the fits to 6 bits.
 void fit_k4_superblock(const float* x, int nmax, float rmin, int nstep, fp16_t* d_out, fp16_t* dmin_out,
                        uint8_t* scales12, uint8_t* L) {
-    float mins[QK_K / 32], scales[QK_K / 32], weights[32];
+    float mins[QK_K / 32], scales[QK_K / 32], weights[QK_K];
     float max_scale = 0, max_min = 0;
     for (int j = 0; j < QK_K / 32; ++j) {
         float sum_x2 = 0;
         for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
         const float av_x = std::sqrt(sum_x2 / 32);
-        for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(x[32 * j + l]);
-        scales[j] = fit_affine(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], rmin, 0.1f, nstep, false);
+        for (int l = 0; l < 32; ++l) weights[32 * j + l] = av_x + std::fabs(x[32 * j + l]);
+    }
+    fit_affine<QK_K / 32, false>(32, nmax, x, weights, L, scales, mins, rmin, 0.1f, nstep);
+    for (int j = 0; j < QK_K / 32; ++j) {
         max_scale = std::max(max_scale, scales[j]);
         max_min = std::max(max_min, mins[j]);
     }
@@ -527,13 +603,13 @@ void dequantize_q2_K(const void* src, float* y, int64_t n) {
 void quantize_q2_K(const float* x, void* dst, int64_t n) {
     block_q2_K* y = (block_q2_K*)dst;
     uint8_t L[QK_K];
-    float mins[QK_K / 16], scales[QK_K / 16], weights[16];
+    float mins[QK_K / 16], scales[QK_K / 16], weights[QK_K];
     const float q4scale = 15.f;
     for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
         float max_scale = 0, max_min = 0;
+        for (int l = 0; l < QK_K; ++l) weights[l] = std::fabs(x[l]);
+        fit_affine<QK_K / 16, true>(16, 3, x, weights, L, scales, mins, -0.5f, 0.1f, 15);
         for (int j = 0; j < QK_K / 16; ++j) {
-            for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
-            scales[j] = fit_affine(16, 3, x + 16 * j, weights, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, true);
             max_scale = std::max(max_scale, scales[j]);
             max_min = std::max(max_min, mins[j]);
         }
@@ -796,10 +872,9 @@ void quantize_q6_K(const float* x, void* dst, int64_t n) {
     float scales[QK_K / 16];
     for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
         float max_scale = 0, max_abs_scale = 0;
-        for (int ib = 0; ib < QK_K / 16; ++ib) {
-            scales[ib] = fit_symmetric(16, 32, x + 16 * ib, L + 16 * ib);
+        fit_symmetric<QK_K / 16>(16, 32, x, L, scales);
+        for (int ib = 0; ib < QK_K / 16; ++ib)
             if (std::fabs(scales[ib]) > max_abs_scale) { max_abs_scale = std::fabs(scales[ib]); max_scale = scales[ib]; }
-        }
         if (max_abs_scale < kGroupMaxEps) {
             std::memset(&y[i], 0, sizeof(block_q6_K));
             continue;

@@ -29,6 +29,21 @@ def test_dequantize_bit_identical_to_ggml(type_id):
 
 
 @pytest.mark.parametrize("type_id", sorted(ggml_ref.TYPES))
+def test_quantize_bytes_identical_to_ggml(type_id):
+    """The engine's quantizers follow ggml's reference algorithms operation for operation (the K-quant searches
+    run several sub-blocks in vector lanes, each through the scalar sequence): the same bytes as
+    ggml_quantize_chunk (no imatrix), on data with zero, constant, one-signed and outlier blocks, heavy tails
+    and tiny values."""
+    name = ggml_ref.TYPES[type_id][0]
+    rng = np.random.default_rng(7)
+    heavy = (rng.standard_t(1.5, (16, 1024)) * 0.02).astype(np.float32)  # heavy tails: outliers in most blocks
+    tiny = (rng.standard_normal((16, 1024)) * 1e-6).astype(np.float32)
+    for i, x in enumerate([_data(seed=seed) for seed in range(3)] + [heavy, tiny]):
+        ours, theirs = _core.quantize(x, type_id).reshape(-1), ggml_ref.quantize(x, type_id).reshape(-1)
+        assert np.array_equal(ours, theirs), (name, i, int((ours != theirs).sum()))
+
+
+@pytest.mark.parametrize("type_id", sorted(ggml_ref.TYPES))
 def test_quantize_error_no_worse_than_ggml(type_id):
     name = ggml_ref.TYPES[type_id][0]
     for seed in range(3):
