@@ -349,50 +349,70 @@ void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out)
     }
 }
 
-// Q3_K's sub-block fit: start from the max, then move single levels while the weighted
-// error falls (at most 5 sweeps). Same as ggml's make_q3_quants with rmse on.
-float fit_q3(int n, int nmax, const float* x, int8_t* L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; ++i) {
-        if (std::fabs(x[i]) > amax) { amax = std::fabs(x[i]); max = x[i]; }
-    }
-    if (amax < kGroupMaxEps) {
-        std::fill(L, L + n, 0);
-        return 0.f;
-    }
-    const float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-        const int l = std::max(-nmax, std::min(nmax - 1, nearest_int(iscale * x[i])));
-        L[i] = (int8_t)l;
-        const float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    for (int itry = 0; itry < 5; ++itry) {
-        int n_changed = 0;
-        for (int i = 0; i < n; ++i) {
-            const float w = x[i] * x[i];
-            float slx = sumlx - w * x[i] * L[i];
-            if (slx > 0) {
-                float sl2 = suml2 - w * L[i] * L[i];
-                int new_l = std::max(-nmax, std::min(nmax - 1, nearest_int(x[i] * sl2 / slx)));
-                if (new_l != L[i]) {
-                    slx += w * x[i] * new_l;
-                    sl2 += w * new_l * new_l;
-                    if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
-                        L[i] = (int8_t)new_l;
-                        sumlx = slx;
-                        suml2 = sl2;
-                        ++n_changed;
-                    }
-                }
-            }
+// Q3_K's sub-block fits, N sub-blocks of n values (x [N][n]) at once: start from the max, then move single levels
+// while the weighted error falls (at most 5 sweeps): ggml's make_q3_quants with rmse on. Sub-block k runs in lane
+// k through exactly the scalar operations in their order, as fit_affine; a sweep that changes nothing leaves the
+// state as it found it, so the next sweep changes nothing either and running it (for the other lanes' sake) is
+// the same as ggml's early stop. Writes each sub-block's scale, and its levels offset by nmax to L [N][n].
+template <int N>
+void fit_q3(int n, int nmax, const float* x, int8_t* L, float* scale_out) {
+    constexpr int kMaxN = 16;
+    float xt[kMaxN][N];
+    int32_t lv[kMaxN][N];
+    for (int k = 0; k < N; ++k)
+        for (int i = 0; i < n; ++i) xt[i][k] = x[k * n + i];
+    auto level = [](float v, int nmax) {  // std::max(-nmax, std::min(nmax - 1, nearest_int(v))), in selects
+        const int l = nearest_int(v);
+        return l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
+    };
+    float max[N], amax[N], iscale[N], sumlx[N], suml2[N];
+    for (int k = 0; k < N; ++k) max[k] = amax[k] = 0;
+    for (int i = 0; i < n; ++i)
+#pragma omp simd
+        for (int k = 0; k < N; ++k) {
+            const bool above = std::fabs(xt[i][k]) > amax[k];
+            amax[k] = above ? std::fabs(xt[i][k]) : amax[k];
+            max[k] = above ? xt[i][k] : max[k];
         }
-        if (!n_changed) break;
+    for (int k = 0; k < N; ++k) {
+        iscale[k] = -nmax / max[k];  // inf in a lane whose max is 0: that lane is replaced below
+        sumlx[k] = suml2[k] = 0;
     }
-    for (int i = 0; i < n; ++i) L[i] = (int8_t)(L[i] + nmax);
-    return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+    for (int i = 0; i < n; ++i)
+#pragma omp simd
+        for (int k = 0; k < N; ++k) {
+            const int l = level(iscale[k] * xt[i][k], nmax);
+            lv[i][k] = l;
+            const float w = xt[i][k] * xt[i][k];
+            sumlx[k] += w * xt[i][k] * l;
+            suml2[k] += w * l * l;
+        }
+    for (int itry = 0; itry < 5; ++itry) {
+        int changed = 0;
+        for (int i = 0; i < n; ++i)
+#pragma omp simd reduction(+ : changed)
+            for (int k = 0; k < N; ++k) {
+                const float w = xt[i][k] * xt[i][k];
+                const int old = lv[i][k];
+                float slx = sumlx[k] - w * xt[i][k] * old;
+                float sl2 = suml2[k] - w * old * old;
+                const int new_l = level(xt[i][k] * sl2 / slx, nmax);  // used only where slx > 0
+                const bool tried = (slx > 0) & (new_l != old);  // & rather than &&: no branch in the lanes
+                slx += w * xt[i][k] * new_l;
+                sl2 += w * new_l * new_l;
+                const bool take = tried & (sl2 > 0) & (slx * slx * suml2[k] > sumlx[k] * sumlx[k] * sl2);
+                lv[i][k] = take ? new_l : old;
+                sumlx[k] = take ? slx : sumlx[k];
+                suml2[k] = take ? sl2 : suml2[k];
+                changed += take;
+            }
+        if (!changed) break;
+    }
+    for (int k = 0; k < N; ++k) {
+        const bool small = amax[k] < kGroupMaxEps;
+        scale_out[k] = small ? 0.f : suml2[k] > 0.0f ? sumlx[k] / suml2[k] : 0.0f;
+        for (int i = 0; i < n; ++i) L[k * n + i] = small ? 0 : (int8_t)(lv[i][k] + nmax);
+    }
 }
 
 // Asymmetric fits x ~ scale * L - min with L in 0..nmax for N sub-blocks of n values at once (x, w and L are
@@ -697,10 +717,9 @@ void quantize_q3_K(const float* x, void* dst, int64_t n) {
     float scales[QK_K / 16];
     for (int64_t i = 0; i < n / QK_K; ++i, x += QK_K) {
         float max_scale = 0, amax = 0;
-        for (int j = 0; j < QK_K / 16; ++j) {
-            scales[j] = fit_q3(16, 4, x + 16 * j, L + 16 * j);
+        fit_q3<QK_K / 16>(16, 4, x, L, scales);
+        for (int j = 0; j < QK_K / 16; ++j)
             if (std::fabs(scales[j]) > amax) { amax = std::fabs(scales[j]); max_scale = scales[j]; }
-        }
         std::memset(y[i].scales, 0, 12);
         if (max_scale) {
             const float iscale = -32.f / max_scale;
