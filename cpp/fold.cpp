@@ -61,8 +61,8 @@ void add_block(const float* got, const float* want, int n, double* col_err, doub
     ref_total += ref;
 }
 
-int64_t count_nonfinite(const float* x, int n) {
-    int64_t k = 0;
+int count_nonfinite(const float* x, int n) {  // int, not int64_t: a block's count, and half the vector work
+    int k = 0;
 #pragma omp simd reduction(+ : k)
     for (int i = 0; i < n; ++i) k += !std::isfinite(x[i]);
     return k;
