@@ -274,22 +274,29 @@ void set_scales_q8_0(void* b, float d, float, const int*, const int*) { ((block_
 
 // ---------------------------------------------------------------- K-quant helpers
 
-// Symmetric fits of N sub-blocks of n values (x [N][n]) to levels -nmax..nmax-1, weighted least squares over 19
-// trial scales: ggml's make_qx_quants (rmse_type 1, no weights given). As fit_affine below, sub-block k runs in lane
-// k through exactly the scalar operations in their order, so the results are ggml's bit for bit. Writes each
-// sub-block's scale, and its levels offset by nmax to L [N][n].
+// The K-quant searches below fit the N sub-blocks of a super-block at once: sub-block k runs in lane k of every
+// loop over k, through exactly the scalar operations of ggml's search in their order (branches become selects), so
+// the results are ggml's bit for bit while the compiler runs the lanes in vectors. Buffers hold value i of every
+// lane together: xt[i][k].
+constexpr int kMaxSubLen = 32;  // values per sub-block, at most
+
+// std::max(lo, std::min(hi, nearest_int(v))), in selects (std::min/max take references, which keep the
+// vectorizer off these loops)
+inline int level(float v, int lo, int hi) {
+    const int l = nearest_int(v);
+    return l < lo ? lo : l > hi ? hi : l;
+}
+
+// x [N][n] into xt[i][k]
 template <int N>
-void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out) {
-    constexpr int kMaxN = 16;
-    float xt[kMaxN][N];
-    int32_t lv[kMaxN][N], aux[kMaxN][N];
+void to_lanes(int n, const float* x, float (*xt)[N]) {
     for (int k = 0; k < N; ++k)
         for (int i = 0; i < n; ++i) xt[i][k] = x[k * n + i];
-    auto level = [](float v, int nmax) {  // std::max(-nmax, std::min(nmax - 1, nearest_int(v))), in selects
-        const int l = nearest_int(v);
-        return l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
-    };
-    float max[N], amax[N], sumlx[N], suml2[N], scale[N], best[N];
+}
+
+// Per lane, the value of largest magnitude (the first such, as ggml's `if (ax > amax)` scan) and that magnitude.
+template <int N>
+void lanes_max(int n, const float (*xt)[N], float* max, float* amax) {
     for (int k = 0; k < N; ++k) max[k] = amax[k] = 0;
     for (int i = 0; i < n; ++i)
 #pragma omp simd
@@ -298,6 +305,18 @@ void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out)
             amax[k] = above ? std::fabs(xt[i][k]) : amax[k];
             max[k] = above ? xt[i][k] : max[k];
         }
+}
+
+// Symmetric fits of N sub-blocks of n values (x [N][n]) to levels -nmax..nmax-1, weighted least squares over 19
+// trial scales: ggml's make_qx_quants (rmse_type 1, no weights given). Writes each sub-block's scale, and its
+// levels offset by nmax to L [N][n].
+template <int N>
+void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out) {
+    float xt[kMaxSubLen][N];
+    int32_t lv[kMaxSubLen][N], aux[kMaxSubLen][N];
+    to_lanes<N>(n, x, xt);
+    float max[N], amax[N], sumlx[N], suml2[N], scale[N], best[N];
+    lanes_max<N>(n, xt, max, amax);
     float iscale0[N];
     for (int k = 0; k < N; ++k) {
         iscale0[k] = -nmax / max[k];  // inf in a lane whose max is 0: that lane is replaced below
@@ -306,7 +325,7 @@ void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out)
     for (int i = 0; i < n; ++i)
 #pragma omp simd
         for (int k = 0; k < N; ++k) {
-            const int l = level(iscale0[k] * xt[i][k], nmax);
+            const int l = level(iscale0[k] * xt[i][k], -nmax, nmax - 1);
             lv[i][k] = l + nmax;
             const float w = xt[i][k] * xt[i][k];
             sumlx[k] += w * xt[i][k] * l;
@@ -327,7 +346,7 @@ void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out)
         for (int i = 0; i < n; ++i)
 #pragma omp simd
             for (int k = 0; k < N; ++k) {
-                const int l = level(iscale[k] * xt[i][k], nmax);
+                const int l = level(iscale[k] * xt[i][k], -nmax, nmax - 1);
                 aux[i][k] = l + nmax;
                 const float w = xt[i][k] * xt[i][k];
                 sumlx[k] += w * xt[i][k] * l;
@@ -349,31 +368,17 @@ void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out)
     }
 }
 
-// Q3_K's sub-block fits, N sub-blocks of n values (x [N][n]) at once: start from the max, then move single levels
-// while the weighted error falls (at most 5 sweeps): ggml's make_q3_quants with rmse on. Sub-block k runs in lane
-// k through exactly the scalar operations in their order, as fit_affine; a sweep that changes nothing leaves the
-// state as it found it, so the next sweep changes nothing either and running it (for the other lanes' sake) is
-// the same as ggml's early stop. Writes each sub-block's scale, and its levels offset by nmax to L [N][n].
+// Q3_K's sub-block fits, N sub-blocks of n values (x [N][n]): start from the max, then move single levels while
+// the weighted error falls (at most 5 sweeps): ggml's make_q3_quants with rmse on. A sweep that changes nothing in
+// a lane leaves it as it found it, so the next changes nothing either: running sweeps until no lane changes is
+// ggml's early stop in each. Writes each sub-block's scale, and its levels offset by nmax to L [N][n].
 template <int N>
 void fit_q3(int n, int nmax, const float* x, int8_t* L, float* scale_out) {
-    constexpr int kMaxN = 16;
-    float xt[kMaxN][N];
-    int32_t lv[kMaxN][N];
-    for (int k = 0; k < N; ++k)
-        for (int i = 0; i < n; ++i) xt[i][k] = x[k * n + i];
-    auto level = [](float v, int nmax) {  // std::max(-nmax, std::min(nmax - 1, nearest_int(v))), in selects
-        const int l = nearest_int(v);
-        return l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
-    };
+    float xt[kMaxSubLen][N];
+    int32_t lv[kMaxSubLen][N];
+    to_lanes<N>(n, x, xt);
     float max[N], amax[N], iscale[N], sumlx[N], suml2[N];
-    for (int k = 0; k < N; ++k) max[k] = amax[k] = 0;
-    for (int i = 0; i < n; ++i)
-#pragma omp simd
-        for (int k = 0; k < N; ++k) {
-            const bool above = std::fabs(xt[i][k]) > amax[k];
-            amax[k] = above ? std::fabs(xt[i][k]) : amax[k];
-            max[k] = above ? xt[i][k] : max[k];
-        }
+    lanes_max<N>(n, xt, max, amax);
     for (int k = 0; k < N; ++k) {
         iscale[k] = -nmax / max[k];  // inf in a lane whose max is 0: that lane is replaced below
         sumlx[k] = suml2[k] = 0;
@@ -381,7 +386,7 @@ void fit_q3(int n, int nmax, const float* x, int8_t* L, float* scale_out) {
     for (int i = 0; i < n; ++i)
 #pragma omp simd
         for (int k = 0; k < N; ++k) {
-            const int l = level(iscale[k] * xt[i][k], nmax);
+            const int l = level(iscale[k] * xt[i][k], -nmax, nmax - 1);
             lv[i][k] = l;
             const float w = xt[i][k] * xt[i][k];
             sumlx[k] += w * xt[i][k] * l;
@@ -396,7 +401,7 @@ void fit_q3(int n, int nmax, const float* x, int8_t* L, float* scale_out) {
                 const int old = lv[i][k];
                 float slx = sumlx[k] - w * xt[i][k] * old;
                 float sl2 = suml2[k] - w * old * old;
-                const int new_l = level(xt[i][k] * sl2 / slx, nmax);  // used only where slx > 0
+                const int new_l = level(xt[i][k] * sl2 / slx, -nmax, nmax - 1);  // used only where slx > 0
                 const bool tried = (slx > 0) & (new_l != old);  // & rather than &&: no branch in the lanes
                 slx += w * xt[i][k] * new_l;
                 sl2 += w * new_l * new_l;
@@ -415,25 +420,17 @@ void fit_q3(int n, int nmax, const float* x, int8_t* L, float* scale_out) {
     }
 }
 
-// Asymmetric fits x ~ scale * L - min with L in 0..nmax for N sub-blocks of n values at once (x, w and L are
-// [N][n]), each searching nstep+1 trial scales and solving weighted least squares for (scale, min) at each:
-// ggml's make_qkx2_quants. Sub-block k runs in lane k of every loop over k below, through exactly the scalar
-// operations of make_qkx2_quants in their order (branches become selects), so the results are ggml's bit for
-// bit while the compiler runs the N lanes in vectors. Writes each sub-block's levels, scale and -min.
+// Asymmetric fits x ~ scale * L - min with L in 0..nmax for N sub-blocks of n values (x, w and L are [N][n]), each
+// searching nstep+1 trial scales and solving weighted least squares for (scale, min) at each: ggml's
+// make_qkx2_quants. Writes each sub-block's levels, scale and -min.
 template <int N, bool kMad>
 void fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* L, float* scale_out, float* min_out,
                 float rmin, float rdelta, int nstep) {
-    constexpr int kMaxN = 32;
-    float xt[kMaxN][N], wt[kMaxN][N];  // transposed: value i of every lane together
-    int32_t lv[kMaxN][N], aux[kMaxN][N];
-    for (int k = 0; k < N; ++k)
-        for (int i = 0; i < n; ++i) xt[i][k] = x[k * n + i], wt[i][k] = w[k * n + i];
+    float xt[kMaxSubLen][N], wt[kMaxSubLen][N];
+    int32_t lv[kMaxSubLen][N], aux[kMaxSubLen][N];
+    to_lanes<N>(n, x, xt);
+    to_lanes<N>(n, w, wt);
     auto err = [](float d) { return kMad ? std::fabs(d) : d * d; };
-    // std::max(0, std::min(nmax, nearest_int(v))), in selects (std::min/max take references, which stop the vectorizer)
-    auto level = [](float v, int nmax) {
-        const int l = nearest_int(v);
-        return l < 0 ? 0 : l > nmax ? nmax : l;
-    };
     float mn[N], mx[N], sum_w[N], sum_x[N], iscale[N], scale[N], best[N];
     for (int k = 0; k < N; ++k) {
         mn[k] = mx[k] = xt[0][k];
@@ -461,7 +458,7 @@ void fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* L, flo
     for (int i = 0; i < n; ++i)
 #pragma omp simd
         for (int k = 0; k < N; ++k) {
-            lv[i][k] = level(iscale[k] * (xt[i][k] - mn[k]), nmax);
+            lv[i][k] = level(iscale[k] * (xt[i][k] - mn[k]), 0, nmax);
             best[k] += wt[i][k] * err(scale[k] * lv[i][k] + mn[k] - xt[i][k]);
         }
     for (int is = 0; is <= nstep; ++is) {
@@ -474,7 +471,7 @@ void fit_affine(int n, int nmax, const float* x, const float* w, uint8_t* L, flo
         for (int i = 0; i < n; ++i)
 #pragma omp simd
             for (int k = 0; k < N; ++k) {
-                const int l = level(iscale[k] * (xt[i][k] - mn[k]), nmax);
+                const int l = level(iscale[k] * (xt[i][k] - mn[k]), 0, nmax);
                 aux[i][k] = l;
                 sum_l[k] += wt[i][k] * l;
                 sum_l2[k] += wt[i][k] * l * l;
