@@ -1,12 +1,13 @@
-"""Do the engine's quantizers give ggml's bytes on another CPU? Builds cpp/quants.cpp with a cross compiler (the
-flags of CMakeLists.txt, without -march=native), runs it under qemu-user on test data (zero, constant,
-one-signed, outlier, heavy-tailed and tiny blocks, and one of Gemma 3's attn_output tensors scaled per channel),
-and compares every quantized type's bytes with ggml's own on this machine (llama-cpp-python's libggml-base).
+"""Does the engine give the same bytes on another CPU? Builds the engine (cpp/) with a cross compiler (the flags of
+CMakeLists.txt, without -march=native) and runs tools/quantize_driver.cpp under qemu-user on test data (zero,
+constant, one-signed, outlier, heavy-tailed and tiny blocks, and one of Gemma 3's attn_output tensors scaled per
+channel): every quantized type's bytes against ggml's own on this machine (llama-cpp-python's libggml-base), and
+the fold of that tensor with per-column scales (both candidates, refit included) against this machine's engine.
 
     apt-get install -y crossbuild-essential-arm64 qemu-user   # Debian; once
     .venv/bin/python tools/cross_check.py [--target aarch64-linux-gnu] [--march armv8-a,armv8.2-a+sve]
 
-Exit status 0 when every type matches for every -march, 1 otherwise.
+Exit status 0 when every type matches for every -march, 1 otherwise, 3 without the cross tools.
 """
 
 from __future__ import annotations
@@ -54,22 +55,34 @@ def main() -> int:
         if not shutil.which(tool):
             print(f"{tool} not found (apt-get install -y crossbuild-essential-arm64 qemu-user)", file=sys.stderr)
             return 3
+    from sealgguf import _core
+
     x = test_data()
+    scales = np.random.default_rng(4).uniform(0.5, 1.5, x.shape[1]).astype(np.float32)
     ok = True
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         x.tofile(d / "in.f32")
+        scales.tofile(d / "scales.f32")
         for march in args.march.split(","):
             exe = d / f"driver-{march}"
+            engine = [str(ROOT / "cpp" / f) for f in ("fp16.cpp", "quants.cpp", "refit.cpp", "fold.cpp")]
             subprocess.run([cxx, *FLAGS, f"-march={march}", f"-I{ROOT / 'cpp'}", str(ROOT / "tools/quantize_driver.cpp"),
-                            str(ROOT / "cpp/fp16.cpp"), str(ROOT / "cpp/quants.cpp"), "-o", str(exe)], check=True)
-            subprocess.run([qemu, str(exe), str(d / "in.f32"), str(x.size), str(d / "out"), *map(str, TYPES)],
-                           check=True)
-            differ = [ggml_ref.TYPES[t][0] for t in TYPES
-                      if not np.array_equal(np.fromfile(d / f"out.{t}", np.uint8), ggml_ref.quantize(x, t).reshape(-1))]
-            ok &= not differ
-            print(f"{args.target} -march={march}: {x.shape[0]} rows x {x.shape[1]}, types whose bytes differ from "
-                  f"ggml's: {', '.join(differ) or 'none'}")
+                            *engine, "-o", str(exe), "-pthread"], check=True)
+            subprocess.run([qemu, str(exe), str(d / "in.f32"), *map(str, x.shape), str(d / "scales.f32"), str(d / "out"),
+                            *map(str, TYPES)], check=True)
+            differ, fold_differ = [], []
+            for t in TYPES:
+                theirs = ggml_ref.quantize(x, t).reshape(-1)
+                if not np.array_equal(np.fromfile(d / f"out.{t}.quantized", np.uint8), theirs):
+                    differ.append(ggml_ref.TYPES[t][0])
+                here = _core.fold(theirs, t, x.shape[1], scales, 1)[0].reshape(-1)
+                if not np.array_equal(np.fromfile(d / f"out.{t}.folded", np.uint8), here):
+                    fold_differ.append(ggml_ref.TYPES[t][0])
+            ok &= not differ and not fold_differ
+            print(f"{args.target} -march={march}: {x.shape[0]} rows x {x.shape[1]}; types whose quantized bytes differ "
+                  f"from ggml's: {', '.join(differ) or 'none'}; whose folds differ from this CPU's: "
+                  f"{', '.join(fold_differ) or 'none'}")
     return 0 if ok else 1
 
 
