@@ -307,6 +307,24 @@ void lanes_max(int n, const float (*xt)[N], float* max, float* amax) {
         }
 }
 
+// Per lane, the levels of every value at one trial scale, l = nearest_int(iscale x) in -nmax..nmax-1 (stored plus
+// `offset`), and the sums with weights x^2 that make_qx_quants and make_q3_quants judge a trial by: sum w x l and
+// sum w l^2.
+template <int N>
+void symmetric_trial(int n, int nmax, const float (*xt)[N], const float* iscale, int offset, int32_t (*levels)[N],
+                     float* sumlx, float* suml2) {
+    for (int k = 0; k < N; ++k) sumlx[k] = suml2[k] = 0;
+    for (int i = 0; i < n; ++i)
+#pragma omp simd
+        for (int k = 0; k < N; ++k) {
+            const int l = level(iscale[k] * xt[i][k], -nmax, nmax - 1);
+            levels[i][k] = l + offset;
+            const float w = xt[i][k] * xt[i][k];
+            sumlx[k] += w * xt[i][k] * l;
+            suml2[k] += w * l * l;
+        }
+}
+
 // Symmetric fits of N sub-blocks of n values (x [N][n]) to levels -nmax..nmax-1, weighted least squares over 19
 // trial scales: ggml's make_qx_quants (rmse_type 1, no weights given). Writes each sub-block's scale, and its
 // levels offset by nmax to L [N][n].
@@ -318,19 +336,8 @@ void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out)
     float max[N], amax[N], sumlx[N], suml2[N], scale[N], best[N];
     lanes_max<N>(n, xt, max, amax);
     float iscale0[N];
-    for (int k = 0; k < N; ++k) {
-        iscale0[k] = -nmax / max[k];  // inf in a lane whose max is 0: that lane is replaced below
-        sumlx[k] = suml2[k] = 0;
-    }
-    for (int i = 0; i < n; ++i)
-#pragma omp simd
-        for (int k = 0; k < N; ++k) {
-            const int l = level(iscale0[k] * xt[i][k], -nmax, nmax - 1);
-            lv[i][k] = l + nmax;
-            const float w = xt[i][k] * xt[i][k];
-            sumlx[k] += w * xt[i][k] * l;
-            suml2[k] += w * l * l;
-        }
+    for (int k = 0; k < N; ++k) iscale0[k] = -nmax / max[k];  // inf in a lane whose max is 0: replaced below
+    symmetric_trial<N>(n, nmax, xt, iscale0, nmax, lv, sumlx, suml2);
     for (int k = 0; k < N; ++k) {
         scale[k] = suml2[k] ? sumlx[k] / suml2[k] : 0.0f;
         best[k] = scale[k] * sumlx[k];
@@ -339,19 +346,8 @@ void fit_symmetric(int n, int nmax, const float* x, int8_t* L, float* scale_out)
         if (is == 0) continue;
         float iscale[N];
         bool take[N];
-        for (int k = 0; k < N; ++k) {
-            iscale[k] = -(nmax + 0.1f * is) / max[k];
-            sumlx[k] = suml2[k] = 0;
-        }
-        for (int i = 0; i < n; ++i)
-#pragma omp simd
-            for (int k = 0; k < N; ++k) {
-                const int l = level(iscale[k] * xt[i][k], -nmax, nmax - 1);
-                aux[i][k] = l + nmax;
-                const float w = xt[i][k] * xt[i][k];
-                sumlx[k] += w * xt[i][k] * l;
-                suml2[k] += w * l * l;
-            }
+        for (int k = 0; k < N; ++k) iscale[k] = -(nmax + 0.1f * is) / max[k];
+        symmetric_trial<N>(n, nmax, xt, iscale, nmax, aux, sumlx, suml2);
         for (int k = 0; k < N; ++k) {
             take[k] = suml2[k] > 0 && sumlx[k] * sumlx[k] > best[k] * suml2[k];
             scale[k] = take[k] ? sumlx[k] / suml2[k] : scale[k];
@@ -379,19 +375,8 @@ void fit_q3(int n, int nmax, const float* x, int8_t* L, float* scale_out) {
     to_lanes<N>(n, x, xt);
     float max[N], amax[N], iscale[N], sumlx[N], suml2[N];
     lanes_max<N>(n, xt, max, amax);
-    for (int k = 0; k < N; ++k) {
-        iscale[k] = -nmax / max[k];  // inf in a lane whose max is 0: that lane is replaced below
-        sumlx[k] = suml2[k] = 0;
-    }
-    for (int i = 0; i < n; ++i)
-#pragma omp simd
-        for (int k = 0; k < N; ++k) {
-            const int l = level(iscale[k] * xt[i][k], -nmax, nmax - 1);
-            lv[i][k] = l;
-            const float w = xt[i][k] * xt[i][k];
-            sumlx[k] += w * xt[i][k] * l;
-            suml2[k] += w * l * l;
-        }
+    for (int k = 0; k < N; ++k) iscale[k] = -nmax / max[k];  // inf in a lane whose max is 0: replaced below
+    symmetric_trial<N>(n, nmax, xt, iscale, 0, lv, sumlx, suml2);
     for (int itry = 0; itry < 5; ++itry) {
         int changed = 0;
         for (int i = 0; i < n; ++i)
