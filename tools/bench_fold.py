@@ -92,19 +92,13 @@ def bench_types(rows: int, cols: int, repeat: int) -> None:
               f"{np_s} {ratio} {n / ours / 1e6:14.1f} {n / theirs / 1e6:7.1f}")
 
 
-def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
-    from sealgguf import _core, scales
-    from sealgguf.fold import open_gguf
+def kquant_heads(src, pool: np.ndarray | None, rng: np.random.Generator, head_dims: tuple[int, ...]):
+    """The K-quant attn_output tensors of `src` treated as heads of each of `head_dims` values, with one scale per
+    head drawn from `pool` (uniform 0.5-1.5 without one), in tensor order and, per tensor, head_dims order.
+    Yields (tensor, type name, head_dim, raw bytes, dequantized values, column scales)."""
+    from sealgguf import _core
     from sealgguf.gguf_file import ATTN_OUTPUT
 
-    src = open_gguf(model)
-    rng = np.random.default_rng(0)
-    pool = scales.load(head_scales).values.reshape(-1) if head_scales else None
-    print(f"per-head folds on K-quant layouts: {model.name}'s attn_output as heads of 64 / 128 values; scales "
-          + (f"drawn from {head_scales.name}" if pool is not None else "uniform 0.5-1.5"))
-    print(f"{'type':6s} {'head_dim':>8s} {'tensors':>7s} {'fresh':>8s} {'engine':>8s} {'ratio':>6s} "
-          f"{'refit blocks':>13s} {'mins unrounded':>15s}")
-    rows = {}
     for t in src.tensors:
         name = src.type_name(t)
         if not ATTN_OUTPUT.match(t.name) or not name.endswith("_K"):
@@ -112,24 +106,39 @@ def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
         n = int(t.shape[0])
         raw = src.tensor_data(t)
         original = _core.dequantize(raw, t.type_id, n)
-        for hd in (64, 128):
+        for hd in head_dims:
             per_head = pool[rng.integers(0, pool.size, n // hd)] if pool is not None else rng.uniform(0.5, 1.5, n // hd)
-            s = np.repeat(per_head, hd).astype(np.float32)
-            target = original * s
-            fresh = _core.dequantize(_core.quantize(target, t.type_id), t.type_id, n)
-            new, st = _core.fold(raw, t.type_id, n, s)
-            # what is left if each sub-block's min were free (its mean residual removed): the rounding of the
-            # 6-bit (Q2_K: 4-bit) mins, measured
-            resid = (_core.dequantize(new, t.type_id, n) - target).reshape(-1, MIN_SUB_BLOCK.get(name, 1))
-            r = rows.setdefault((name, hd), [0, 0.0, 0.0, 0.0, 0, 0, 0.0])
-            r[6] += float(np.square(resid - resid.mean(-1, keepdims=True), dtype=np.float64).sum())
-            ref = float(np.square(target, dtype=np.float64).sum())
-            r[0] += 1
-            r[1] += float(np.square(fresh - target, dtype=np.float64).sum())
-            r[2] += st["rel_rmse"] ** 2 * ref
-            r[3] += ref
-            r[4] += st["blocks_refit"]
-            r[5] += st["blocks_requantized"]
+            yield t, name, hd, raw, original, np.repeat(per_head, hd).astype(np.float32)
+
+
+def bench_kquant_heads(model: Path, head_scales: Path | None) -> None:
+    from sealgguf import _core, scales
+    from sealgguf.fold import open_gguf
+
+    src = open_gguf(model)
+    pool = scales.load(head_scales).values.reshape(-1) if head_scales else None
+    print(f"per-head folds on K-quant layouts: {model.name}'s attn_output as heads of 64 / 128 values; scales "
+          + (f"drawn from {head_scales.name}" if pool is not None else "uniform 0.5-1.5"))
+    print(f"{'type':6s} {'head_dim':>8s} {'tensors':>7s} {'fresh':>8s} {'engine':>8s} {'ratio':>6s} "
+          f"{'refit blocks':>13s} {'mins unrounded':>15s}")
+    rows = {}
+    for t, name, hd, raw, original, s in kquant_heads(src, pool, np.random.default_rng(0), (64, 128)):
+        n = original.shape[1]
+        target = original * s
+        fresh = _core.dequantize(_core.quantize(target, t.type_id), t.type_id, n)
+        new, st = _core.fold(raw, t.type_id, n, s)
+        # what is left if each sub-block's min were free (its mean residual removed): the rounding of the
+        # 6-bit (Q2_K: 4-bit) mins, measured
+        resid = (_core.dequantize(new, t.type_id, n) - target).reshape(-1, MIN_SUB_BLOCK.get(name, 1))
+        r = rows.setdefault((name, hd), [0, 0.0, 0.0, 0.0, 0, 0, 0.0])
+        r[6] += float(np.square(resid - resid.mean(-1, keepdims=True), dtype=np.float64).sum())
+        ref = float(np.square(target, dtype=np.float64).sum())
+        r[0] += 1
+        r[1] += float(np.square(fresh - target, dtype=np.float64).sum())
+        r[2] += st["rel_rmse"] ** 2 * ref
+        r[3] += ref
+        r[4] += st["blocks_refit"]
+        r[5] += st["blocks_requantized"]
     for (name, hd), (k, e_fresh, e_engine, ref, refit, req, e_free) in sorted(rows.items()):
         f, e = np.sqrt(e_fresh / ref), np.sqrt(e_engine / ref)
         free = f"{np.sqrt(e_free / ref):15.2e}" if name in MIN_SUB_BLOCK else f"{'-':>15s}"
@@ -173,7 +182,6 @@ def bench_kquant_bound(model: Path, head_scales: Path | None, samples: int, span
     from sealgguf import _core, scales
     from sealgguf.fold import open_gguf
     from sealgguf.fold.weighted import code_grid
-    from sealgguf.gguf_file import ATTN_OUTPUT
 
     src = open_gguf(model)
     pool = scales.load(head_scales).values.reshape(-1) if head_scales else None
@@ -183,13 +191,10 @@ def bench_kquant_bound(model: Path, head_scales: Path | None, samples: int, span
     for hd in (64, 128):
         rng = np.random.default_rng(0)
         parts = {"target": [], "codes": [], "fresh": [], "engine": []}
-        for t in src.tensors:
-            if not ATTN_OUTPUT.match(t.name) or src.type_name(t) != "Q4_K":
+        for t, name, _, raw, original, s in kquant_heads(src, pool, rng, (hd,)):
+            if name != "Q4_K":
                 continue
-            n, raw = int(t.shape[0]), src.tensor_data(t)
-            original = _core.dequantize(raw, t.type_id, n)
-            per_head = pool[rng.integers(0, pool.size, n // hd)] if pool is not None else rng.uniform(0.5, 1.5, n // hd)
-            s = np.repeat(per_head, hd).astype(np.float32)
+            n = original.shape[1]
             a, b = code_grid(raw.reshape(original.shape[0], -1), t.type_id, n)
             parts["codes"].append(np.rint((original - b) / np.where(a == 0, 1, a)))
             parts["target"].append(original * s)
